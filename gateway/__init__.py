@@ -1,0 +1,19 @@
+"""inbox-gateway: a resilience sidecar between the inbox backend and its APIs.
+
+The backend points its WhatsApp Graph, Gemini and Supabase base URLs at the gateway; the gateway
+forwards each call under the policies of gateway.yaml and answers health, breaker state and
+metrics on its admin port. The modules, in the order a request meets them:
+
+- ``config``: gateway.yaml → validated models → finished per-route policies
+- ``hygiene``: refusals and header filters;  ``routing``: prefixes and path patterns
+- ``proxy``: the request path;  ``retry``: when to try again;  ``outcomes``: what a try came to
+- ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
+- ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
+"""
+
+from .config import Config, ConfigError, load_config, parse_config
+from .errors import GatewayError
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "ConfigError", "GatewayError", "__version__", "load_config", "parse_config"]

@@ -1,0 +1,85 @@
+"""The command line: ``gateway run | check | version`` (contract §5).
+
+Owns argument parsing, the config path rule (--config, then $GATEWAY_CONFIG, then
+./gateway.yaml), exit codes (0 ok, 1 invalid config or a port that cannot be bound, 2 usage),
+and the event loop (uvloop when importable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from . import __version__
+from .config import config_path, load_config, redacted
+from .errors import ConfigError
+from .logs import configure, event
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Resilience sidecar for the inbox backend's APIs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "serve the proxy and admin ports"), ("check", "validate a configuration and print it")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", metavar="PATH", help="default: $GATEWAY_CONFIG, then ./gateway.yaml")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _loop_factory() -> object | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    configure(config.log.level, config.log.format, config.log.access_log)
+    from .server import Gateway
+
+    async def main() -> int:
+        gateway = Gateway(config, path)
+        try:
+            await gateway.run()
+        except OSError as exc:
+            event("cannot start: a listen address cannot be bound", error=str(exc))
+            print(f"{path}: cannot bind a listen address: {exc}", file=sys.stderr)
+            await gateway.close()
+            return 1
+        return 0
+
+    factory = _loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]
+        return runner.run(main())
+
+
+def check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"# {path}: valid. Effective configuration, secrets shown as ***:")
+    print(yaml.safe_dump(redacted(config), sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"inbox-gateway {__version__}")
+        return 0
+    path = config_path(args.config)
+    return run(path) if args.command == "run" else check(path)

@@ -1,0 +1,163 @@
+"""The gateway's errors: one hierarchy, each answer carrying its contract code and status.
+
+    GatewayError                      an answer the gateway makes itself (contract §3)
+    ├── NoRoute                       404 no_route
+    ├── BadRequest                    400 bad_request
+    ├── BodyTooLarge                  413 body_too_large
+    ├── RateLimited                   429 rate_limited
+    ├── Overloaded                    503 overloaded
+    ├── BreakerOpen                   503 breaker_open
+    ├── UpstreamUnreachable           502 upstream_unreachable
+    ├── UpstreamReset                 502 upstream_reset
+    ├── UpstreamTimeout               504 upstream_timeout
+    ├── FaultInjected                 (configured) fault_injected
+    └── Draining                      503 draining
+    ConfigError                       gateway.yaml is not valid; carries every problem found
+
+``error_response`` renders a GatewayError as the contract's JSON body and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import ClassVar
+
+from aiohttp import web
+
+__all__ = [
+    "BadRequest",
+    "BodyTooLarge",
+    "BreakerOpen",
+    "ConfigError",
+    "Draining",
+    "FaultInjected",
+    "GatewayError",
+    "NoRoute",
+    "Overloaded",
+    "RateLimited",
+    "UpstreamReset",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "error_response",
+]
+
+
+class GatewayError(Exception):
+    """An answer the gateway makes itself rather than an upstream."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str | None = None,
+        attempts: int | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.upstream = upstream
+        self.attempts = attempts
+        self.retry_after = retry_after
+        if status is not None:
+            self.status = status  # type: ignore[misc]  # instance override (fault_injected)
+
+
+class NoRoute(GatewayError):
+    """No upstream prefix matches the request path."""
+
+    code, status = "no_route", 404
+
+
+class BadRequest(GatewayError):
+    """The request breaks the request-hygiene rules and is never forwarded."""
+
+    code, status = "bad_request", 400
+
+
+class BodyTooLarge(GatewayError):
+    """The request body is larger than ``limits.max_request_body``."""
+
+    code, status = "body_too_large", 413
+
+
+class RateLimited(GatewayError):
+    """No rate-limit token became available within ``max_wait``."""
+
+    code, status = "rate_limited", 429
+
+
+class Overloaded(GatewayError):
+    """The upstream's concurrency queue is full or ``queue_timeout`` passed."""
+
+    code, status = "overloaded", 503
+
+
+class BreakerOpen(GatewayError):
+    """The breaker is open, or half-open with every probe slot taken."""
+
+    code, status = "breaker_open", 503
+
+
+class UpstreamUnreachable(GatewayError):
+    """Connecting (TCP or TLS) failed on the last try."""
+
+    code, status = "upstream_unreachable", 502
+
+
+class UpstreamReset(GatewayError):
+    """The connection dropped before a complete response arrived."""
+
+    code, status = "upstream_reset", 502
+
+
+class UpstreamTimeout(GatewayError):
+    """``per_try`` on the last try, or ``total``, ran out."""
+
+    code, status = "upstream_timeout", 504
+
+
+class FaultInjected(GatewayError):
+    """A configured ``fault.abort`` fired."""
+
+    code, status = "fault_injected", 503
+
+
+class Draining(GatewayError):
+    """The request arrived after the gateway stopped taking new work."""
+
+    code, status = "draining", 503
+
+
+class ConfigError(Exception):
+    """gateway.yaml cannot be used; ``problems`` holds one line per problem, each naming its key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
+    """Render ``error`` as contract §3: JSON body, ``x-gateway-error`` and ``Retry-After``."""
+    body: dict[str, object] = {"code": error.code, "message": error.message}
+    if error.upstream is not None:
+        body["upstream"] = error.upstream
+    if error.attempts is not None:
+        body["attempts"] = error.attempts
+    out = dict(headers or {})
+    out["x-gateway-error"] = error.code
+    if error.retry_after is not None:
+        seconds = max(0, math.ceil(error.retry_after))
+        body["retry_after_s"] = seconds
+        out["Retry-After"] = str(seconds)
+    return web.Response(
+        status=error.status,
+        body=json.dumps({"error": body}, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=out,
+    )

@@ -1,0 +1,99 @@
+"""Request hygiene: what is refused before routing, and which headers cross the gateway.
+
+Owns the contract's refusals (absolute- and authority-form targets, CONNECT, dot segments raw or
+percent-encoded, encoded slashes, empty segments, Content-Length together with
+Transfer-Encoding, control characters in header values) and the header filters in both
+directions (hop-by-hop headers and those named by ``Connection`` dropped, ``Host`` left for the
+client to set from the upstream URL, ``set_headers`` injected, ``x-request-id`` carried).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .errors import BadRequest
+
+__all__ = ["HOP_BY_HOP", "check_request", "request_headers", "response_headers"]
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection"}
+)
+# Headers the gateway sets or consumes itself and never copies from the client.
+_NOT_FORWARDED = frozenset({"host", "content-length", "expect", "x-gateway-timeout-ms"})
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_DOT_SEGMENTS = frozenset({".", ".."})
+_ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+
+
+def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) -> str:
+    """Refuse what the contract refuses; return the raw path (the target without its query).
+
+    Raises BadRequest with a message saying what was refused. Nothing is forwarded after it.
+    """
+    if method == "CONNECT":
+        raise BadRequest("CONNECT is not supported: the gateway is not an open proxy")
+    if not raw_target.startswith("/") or raw_target.startswith("//"):
+        raise BadRequest("only origin-form request targets ('/path?query') are accepted")
+    path, _, _ = raw_target.partition("?")
+    if "#" in path or "\\" in path:
+        raise BadRequest("the request path contains '#' or '\\'")
+    if _ENCODED_SEPARATOR.search(path):
+        raise BadRequest("the request path contains an encoded '/' or '\\'")
+    segments = path.split("/")
+    for index, segment in enumerate(segments[1:], start=1):
+        if not segment and index != len(segments) - 1:
+            raise BadRequest("the request path contains an empty segment ('//')")
+        if segment in _DOT_SEGMENTS or _ENCODED_DOT.sub(".", segment) in _DOT_SEGMENTS:
+            raise BadRequest("the request path contains a dot segment ('.' or '..')")
+    if "content-length" in headers and "transfer-encoding" in headers:
+        raise BadRequest("the request has both Content-Length and Transfer-Encoding")
+    if len(headers.getall("content-length", ())) > 1:
+        raise BadRequest("the request has more than one Content-Length")
+    for name, value in headers.items():
+        if _BAD_VALUE.search(value) or _BAD_VALUE.search(name):
+            raise BadRequest("a request header contains a control character")
+    return path
+
+
+def _connection_named(headers: Mapping[str, str]) -> set[str]:
+    named: set[str] = set()
+    for value in headers.getall("connection", ()) if isinstance(headers, CIMultiDictProxy) else ():
+        named.update(token.strip().lower() for token in value.split(","))
+    return named
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str],
+    request_id: str,
+    set_headers: Mapping[str, str],
+) -> CIMultiDict[str]:
+    """The headers sent upstream: the client's, less hop-by-hop, plus the gateway's own."""
+    dropped = _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _NOT_FORWARDED or lower in dropped or lower.startswith("proxy-"):
+            continue
+        if lower in set_headers:
+            continue
+        out.add(name, value)
+    out["x-request-id"] = request_id
+    for name, value in set_headers.items():
+        out[name] = value
+    return out
+
+
+def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers the client receives: less hop-by-hop."""
+    dropped = _connection_named(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in dropped or lower.startswith("proxy-"):
+            continue
+        out.add(name, value)
+    return out

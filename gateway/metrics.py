@@ -1,0 +1,85 @@
+"""Prometheus metrics: the gateway's own registry and every metric it exports.
+
+Owns one ``CollectorRegistry`` per gateway (never the global one), the metric objects with their
+HELP texts, and the label rules: labels are configured names only (upstream, route) or bounded
+sets (method, status, outcome, reason), never raw paths or ids. Components receive a
+``Metrics`` and update it; /metrics serves ``render()``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics", "method_label"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # no *_created series: they double the series count for nothing here
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+
+
+def method_label(method: str) -> str:
+    """The method as a label value: one of the standard methods, or OTHER."""
+    return method if method in _METHODS else "OTHER"
+
+
+class Metrics:
+    """Every metric of contract §4, registered on a registry of this gateway's own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, by upstream, route, method, status and who answered (upstream, gateway or cache).",
+            ["upstream", "route", "method", "status", "source"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from the request's arrival until its answer's headers were sent to the client.",
+            ["upstream", "route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.tries = Counter(
+            "gateway_upstream_tries_total",
+            "Tries sent to upstreams, by outcome (a status class, connect-failure, timeout or reset).",
+            ["upstream", "route", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "gateway_retries_total",
+            "Retries made, by the outcome of the try that was retried.",
+            ["upstream", "route", "reason"],
+            registry=r,
+        )
+        self.retries_skipped = Counter(
+            "gateway_retries_skipped_total",
+            "Retries wanted by the outcome but not made (budget, deadline, unsafe, retry_after).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "gateway_inflight_requests",
+            "Requests being served per upstream, queued ones included.",
+            ["upstream"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "gateway_rejected_total",
+            "Requests the gateway refused before forwarding, by upstream and reason (error code).",
+            ["upstream", "reason"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_config_reloads_total",
+            "Configuration reloads, by result (ok or error).",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,163 @@
+"""Outcomes of one try, and how upstream answers are read.
+
+Owns the single translation of aiohttp client exceptions into outcomes (``connect-failure``,
+``timeout``, ``reset``), reading an API error code out of an error body according to the
+upstream's ``kind`` (Meta's ``error.code``, PostgREST's ``code``, Google's ``error.status``),
+the ``Retry-After`` of an answer (header in seconds or HTTP date; for ``gemini`` also
+``google.rpc.RetryInfo.retryDelay`` in a 429 body), and ``OutcomeSet``: the compiled form of an
+``on:`` / ``failure_on:`` list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+__all__ = [
+    "CONNECT_FAILURE",
+    "RESET",
+    "TIMEOUT",
+    "Outcome",
+    "OutcomeSet",
+    "api_error_code",
+    "classify_exception",
+    "retry_after_seconds",
+]
+
+CONNECT_FAILURE = "connect-failure"
+TIMEOUT = "timeout"
+RESET = "reset"
+
+# How much of an error body is read to find its code; larger bodies are not inspected.
+ERROR_PEEK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one try came to: a failure kind, or an answer's status (and API code, if any)."""
+
+    kind: str  # connect-failure | timeout | reset | response
+    status: int = 0
+    code: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A bounded label for metrics: the failure kind, or the status class ('2xx'…)."""
+        return self.kind if self.kind != "response" else f"{self.status // 100}xx"
+
+
+def classify_exception(exc: BaseException) -> str:
+    """Map an exception raised while sending a request or awaiting its headers to an outcome kind."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return CONNECT_FAILURE  # connect (TCP/TLS) did not finish in time: nothing was sent
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return CONNECT_FAILURE
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return TIMEOUT
+    return RESET
+
+
+class OutcomeSet:
+    """A compiled list of outcome tokens: ``connect-failure``, ``timeout``, ``reset``,
+    ``503``, ``5xx``, ``code:N``."""
+
+    __slots__ = ("classes", "codes", "kinds", "statuses")
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.kinds: set[str] = set()
+        self.statuses: set[int] = set()
+        self.classes: set[int] = set()
+        self.codes: set[str] = set()
+        for token in tokens:
+            if token in (CONNECT_FAILURE, TIMEOUT, RESET):
+                self.kinds.add(token)
+            elif token.startswith("code:"):
+                self.codes.add(token[5:])
+            elif token.endswith("xx"):
+                self.classes.add(int(token[0]))
+            else:
+                self.statuses.add(int(token))
+
+    def matches(self, outcome: Outcome) -> bool:
+        """True when ``outcome`` is one of the set's tokens."""
+        if outcome.kind != "response":
+            return outcome.kind in self.kinds
+        return (
+            outcome.status in self.statuses
+            or outcome.status // 100 in self.classes
+            or (outcome.code is not None and outcome.code in self.codes)
+        )
+
+    def matches_code(self, outcome: Outcome) -> bool:
+        """True when ``outcome`` matched through a ``code:N`` token."""
+        return outcome.code is not None and outcome.code in self.codes
+
+
+def needs_body(kind: str, status: int) -> bool:
+    """Whether the error body must be read to classify an answer of ``status`` from ``kind``."""
+    if status < 400 or kind == "generic":
+        return False
+    if kind == "gemini":
+        return status == 429
+    return True
+
+
+def api_error_code(kind: str, body: bytes) -> str | None:
+    """The API error code in an error body: Meta's ``error.code``, PostgREST's ``code``."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if kind == "graph":
+        error = data.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+    elif kind == "supabase":
+        code = data.get("code") or data.get("error_code")
+    elif kind == "gemini":
+        error = data.get("error")
+        code = error.get("status") if isinstance(error, dict) else None
+    else:
+        code = None
+    return str(code) if isinstance(code, (int, str)) and not isinstance(code, bool) else None
+
+
+def _retry_delay(body: bytes) -> float | None:
+    """``google.rpc.RetryInfo.retryDelay`` ("53s", "1.5s") in a Google error body."""
+    try:
+        details = json.loads(body)["error"]["details"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return None
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and delay.endswith("s"):
+                try:
+                    return max(0.0, float(delay[:-1]))
+                except ValueError:
+                    return None
+    return None
+
+
+def retry_after_seconds(kind: str, status: int, header: str | None, body: bytes | None) -> float | None:
+    """The wait an answer asks for, in seconds, or None when it asks for none."""
+    if header:
+        header = header.strip()
+        if header.isdigit():
+            return float(header)
+        try:
+            when = parsedate_to_datetime(header)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - time.time())
+    if kind == "gemini" and status == 429 and body:
+        return _retry_delay(body)
+    return None

@@ -1,0 +1,261 @@
+"""The gateway process: two listeners, signals, drain and reload.
+
+Owns the lifecycle. ``Gateway.start`` opens the proxy listener (a low-level ``web.Server``: no
+router, no path normalisation, the raw target reaches the handler) and the admin listener (its
+own ``AppRunner``), then the signal handlers: SIGHUP reloads, SIGTERM/SIGINT drain —
+readyz turns 503, the gateway keeps serving for ``drain.delay`` (the time a load balancer needs
+to stop sending), closes the listener, answers any request that still arrives on an open
+connection with 503 ``draining``, waits up to ``drain.timeout`` for in-flight requests, and
+exits 0. A second signal skips the remaining delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .admin import build_admin_app
+from .config import Config, load_config
+from .errors import ConfigError
+from .logs import configure, event
+from .metrics import Metrics
+from .proxy import Proxy
+from .runtime import Runtime
+
+__all__ = ["Gateway", "State"]
+
+
+@dataclass(slots=True)
+class State:
+    """What the request path reads from the process: the current runtime, metrics, drain flag."""
+
+    runtime: Runtime
+    metrics: Metrics
+    draining: bool = False
+    inflight: int = 0
+
+
+@dataclass(slots=True)
+class _Listeners:
+    proxy_runner: web.ServerRunner | None = None
+    proxy_site: web.TCPSite | None = None
+    admin_runner: web.AppRunner | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class Gateway:
+    """One gateway process: build with a loaded config, then ``await run()``."""
+
+    def __init__(self, config: Config, path: str | None = None) -> None:
+        self.path = path
+        self.metrics = Metrics()
+        self.state = State(Runtime(config), self.metrics)
+        self.started = False
+        self.drain_started = False
+        self._listeners = _Listeners()
+        self._stop = asyncio.Event()
+        self._skip_delay = asyncio.Event()
+        self._mtime = _mtime(path)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind both listeners. Raises OSError when a port cannot be bound."""
+        config = self.state.runtime.config
+        proxy = Proxy(self.state)
+        server = web.Server(self._counted(proxy.handle), access_log=None, keepalive_timeout=75)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        self._listeners.proxy_runner = runner
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True, backlog=1024)
+        await site.start()
+        self._listeners.proxy_site = site
+        admin = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
+        await admin.setup()
+        self._listeners.admin_runner = admin
+        await web.TCPSite(admin, config.admin.listen.host, config.admin.listen.port, reuse_address=True).start()
+        self.started = True
+        event(
+            "gateway started",
+            proxy=f"{config.listen.host}:{self.proxy_port}",
+            admin=f"{config.admin.listen.host}:{self.admin_port}",
+            upstreams=list(self.state.runtime.upstreams),
+            config=self.path,
+            pid=os.getpid(),
+        )
+        if config.watch and self.path:
+            self._listeners.tasks.append(asyncio.create_task(self._watch()))
+
+    def _counted(self, handler: Any) -> Any:
+        state = self.state
+
+        async def counted(request: web.BaseRequest) -> web.StreamResponse:
+            state.inflight += 1
+            try:
+                response: web.StreamResponse = await handler(request)
+                return response
+            finally:
+                state.inflight -= 1
+
+        return counted
+
+    @property
+    def proxy_port(self) -> int:
+        runner = self._listeners.proxy_runner
+        return runner.addresses[0][1] if runner and runner.addresses else 0
+
+    @property
+    def admin_port(self) -> int:
+        runner = self._listeners.admin_runner
+        return runner.addresses[0][1] if runner and runner.addresses else 0
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(source="SIGHUP")))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._listeners.tasks.append(task)
+        task.add_done_callback(self._listeners.tasks.remove)
+
+    def _on_stop_signal(self, name: str) -> None:
+        if self._stop.is_set():
+            event("second stop signal: skipping the rest of the drain delay", signal=name)
+            self._skip_delay.set()
+            return
+        event("stop signal received", signal=name)
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, drain, close."""
+        await self.start()
+        self.install_signal_handlers()
+        await self._stop.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Contract ``drain``: readyz 503, wait delay, stop accepting, finish in-flight, close."""
+        drain = self.state.runtime.config.drain
+        loop = asyncio.get_running_loop()
+        self.drain_started = True
+        event("drain: readyz now answers 503; still serving", delay_s=drain.delay, inflight=self.state.inflight)
+        try:
+            await asyncio.wait_for(self._skip_delay.wait(), drain.delay)
+        except TimeoutError:
+            pass
+        if self._listeners.proxy_site is not None:
+            await self._listeners.proxy_site.stop()
+        self.state.draining = True
+        event(
+            "drain: listener closed; waiting for in-flight requests",
+            inflight=self.state.inflight,
+            timeout_s=drain.timeout,
+        )
+        end = loop.time() + drain.timeout
+        while self.state.inflight and loop.time() < end:
+            await asyncio.sleep(0.05)
+        if self.state.inflight:
+            event("drain: timeout reached with requests still in flight", logging.WARNING, inflight=self.state.inflight)
+        else:
+            event("drain: all in-flight requests finished")
+        await self.close()
+        event("gateway stopped")
+
+    async def close(self) -> None:
+        for task in list(self._listeners.tasks):
+            task.cancel()
+        if self._listeners.proxy_runner is not None:
+            await self._listeners.proxy_runner.cleanup()
+        if self._listeners.admin_runner is not None:
+            await self._listeners.admin_runner.cleanup()
+        await self.state.runtime.close()
+
+    # ------------------------------------------------------------------ probes and health
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: listening, a valid config loaded, not draining."""
+        if not self.started:
+            return False, "starting"
+        if self.drain_started:
+            return False, "draining"
+        return True, "ready"
+
+    def health(self) -> dict[str, Any]:
+        """``status`` ok/degraded and each upstream's last minute."""
+        upstreams: dict[str, Any] = {}
+        degraded = False
+        for name, up in self.state.runtime.upstreams.items():
+            snap = up.stats.snapshot()
+            snap["inflight"] = up.inflight
+            requests, errors = int(snap["requests"]), int(snap["errors"])  # type: ignore[call-overload]
+            if requests >= 5 and errors * 2 >= requests:
+                degraded = True
+            upstreams[name] = snap
+        return {"status": "degraded" if degraded else "ok", "draining": self.drain_started, "upstreams": upstreams}
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self, source: str) -> tuple[bool, dict[str, Any]]:
+        """Load the file again; apply it when valid. Returns (ok, what changed or the error)."""
+        if not self.path:
+            return False, {"error": "the gateway was not started from a file"}
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("error").inc()
+            event(
+                "config reload failed; the previous config keeps serving", logging.ERROR, source=source, error=str(exc)
+            )
+            return False, {"error": str(exc)}
+        old = self.state.runtime
+        new = Runtime(config, old)
+        changes = _changes(old.config, config)
+        self.state.runtime = new
+        self._mtime = _mtime(self.path)
+        configure(config.log.level, config.log.format, config.log.access_log)
+        self.metrics.reloads.labels("ok").inc()
+        event("config reloaded", source=source, **changes)
+        if new.retired:
+            self._spawn(new.close_retired(grace=300))
+        return True, changes
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            current = _mtime(self.path)
+            if current != self._mtime:
+                self._mtime = current
+                await self.reload(source="watch")
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path else None
+    except OSError:
+        return None
+
+
+def _changes(old: Config, new: Config) -> dict[str, Any]:
+    before, after = old.upstreams, new.upstreams
+    changes: dict[str, Any] = {
+        "added": sorted(set(after) - set(before)),
+        "removed": sorted(set(before) - set(after)),
+        "changed": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
+    }
+    restart = []
+    if old.listen != new.listen:
+        restart.append("listen")
+    if old.admin.listen != new.admin.listen:
+        restart.append("admin.listen")
+    if old.cache_store != new.cache_store:
+        restart.append("cache_store")
+    changes["restart_required"] = restart
+    return changes
