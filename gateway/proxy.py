@@ -203,7 +203,7 @@ class Proxy:
         runtime: Runtime = self.state.runtime  # this request keeps this policy to the end
         match = runtime.router.match(request.method, path)
         if match is None:
-            raise NoRoute(f"no upstream is configured for {path.split('/', 2)[1] and '/' + path.split('/', 2)[1]!r}")
+            raise NoRoute(f"no upstream prefix matches the path {path!r}")
         upstream, route = match.upstream, match.route or match.upstream.default
         ex.upstream, ex.route = upstream.name, route.policy.name
         policy = route.policy

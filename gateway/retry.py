@@ -118,7 +118,7 @@ class RetryPolicy:
     def backoff(self, retry_number: int) -> float:
         """Full jitter: uniform in [0, min(max, base × 2^(n-1))] for the n-th retry."""
         b = self.config.backoff
-        return self.rand() * min(b.max, b.base * (2 ** (retry_number - 1)))
+        return float(self.rand() * min(b.max, b.base * (2 ** (retry_number - 1))))
 
     def decide(
         self,

@@ -40,6 +40,9 @@ class Upstream:
         self.name = policy.name
         self.base = str(policy.url).rstrip("/")
         self.inflight = 0
+        self.session: aiohttp.ClientSession
+        self.stats: MinuteWindow
+        self._budgets: dict[tuple[str, float, float, float], RetryBudget]
         if previous is not None:
             self.session = previous.session
             self.stats = previous.stats

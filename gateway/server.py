@@ -12,6 +12,7 @@ exits 0. A second signal skips the remaining delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from .admin import build_admin_app
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import BadRequest, BodyTooLarge, ConfigError, GatewayError, error_response
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -39,6 +41,42 @@ class State:
     metrics: Metrics
     draining: bool = False
     inflight: int = 0
+
+
+class _ProxyProtocol(RequestHandler):
+    """aiohttp's connection handler, with the contract's answer for requests its parser refuses.
+
+    aiohttp's own answer echoes the offending bytes and logs them with a traceback; a malformed
+    header may be a credential, so the gateway answers ``bad_request`` and logs only the status.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was already started; closing the connection")
+        error: GatewayError
+        if status == 413:
+            error = BodyTooLarge("the request is too large")
+        elif 400 <= status < 500:
+            error = BadRequest("malformed HTTP request (request line, headers or framing)", status=status)
+        else:
+            error = GatewayError("internal error in the gateway", status=status)
+        event("request refused by the HTTP parser", logging.INFO, status=status, reason=type(exc).__name__)
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _ProxyServer(web.Server):
+    """The low-level server, making connections with ``_ProxyProtocol``."""
+
+    def __call__(self) -> RequestHandler:
+        return _ProxyProtocol(self, loop=self._loop, **self._kwargs)
 
 
 @dataclass(slots=True)
@@ -69,7 +107,7 @@ class Gateway:
         """Bind both listeners. Raises OSError when a port cannot be bound."""
         config = self.state.runtime.config
         proxy = Proxy(self.state)
-        server = web.Server(self._counted(proxy.handle), access_log=None, keepalive_timeout=75)
+        server = _ProxyServer(self._counted(proxy.handle), access_log=None, keepalive_timeout=75)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         self._listeners.proxy_runner = runner
@@ -147,10 +185,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self.drain_started = True
         event("drain: readyz now answers 503; still serving", delay_s=drain.delay, inflight=self.state.inflight)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._skip_delay.wait(), drain.delay)
-        except TimeoutError:
-            pass
         if self._listeners.proxy_site is not None:
             await self._listeners.proxy_site.stop()
         self.state.draining = True
@@ -195,7 +231,7 @@ class Gateway:
         for name, up in self.state.runtime.upstreams.items():
             snap = up.stats.snapshot()
             snap["inflight"] = up.inflight
-            requests, errors = int(snap["requests"]), int(snap["errors"])  # type: ignore[call-overload]
+            requests, errors = snap["requests"], snap["errors"]
             if requests >= 5 and errors * 2 >= requests:
                 degraded = True
             upstreams[name] = snap

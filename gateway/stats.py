@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MinuteWindow"]
 
@@ -51,7 +52,7 @@ class MinuteWindow:
             self.last_error = error
             self.last_error_at = self.wall()
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> dict[str, Any]:
         """Requests, errors, p50/p95 (ms, upper bucket bound) and the last error of the last minute."""
         oldest = int(self.clock()) - 60
         count = errors = 0

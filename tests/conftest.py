@@ -1,0 +1,314 @@
+"""Test harness: real upstream servers on 127.0.0.1 with scripted faults, and real gateways.
+
+- ``Upstream``: an aiohttp server whose handler is a script; it records every request it
+  receives (method, raw target, headers, body) so tests can count and compare byte for byte.
+- ``RawUpstream``: a bare asyncio TCP server answering fixed bytes, for malformed answers.
+- ``gateway`` fixture: the real ``Gateway`` in this process, on ephemeral ports.
+- ``GatewayProcess``: the real program as a subprocess (signals, RSS, drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.config import parse_config
+from gateway.server import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Script = Callable[[web.BaseRequest, "Upstream"], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def ok_script(request: web.BaseRequest, up: Upstream) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+class Upstream:
+    """A real HTTP server on 127.0.0.1; ``script`` decides each answer; ``seen`` records requests."""
+
+    def __init__(self, script: Script = ok_script, read_body: bool = True) -> None:
+        self.script = script
+        self.read_body = read_body
+        self.seen: list[Seen] = []
+        self.port = 0
+        self._runner: web.ServerRunner | None = None
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.content.read() if self.read_body else b""
+        self.seen.append(Seen(request.method, request.raw_path, CIMultiDict(request.headers), body))
+        return await self.script(request, self)
+
+    async def start(self) -> Upstream:
+        server = web.Server(self._handle, access_log=None)
+        self._runner = web.ServerRunner(server)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class RawUpstream:
+    """A TCP server that reads a request head and answers with ``reply`` bytes (or nothing)."""
+
+    def __init__(self, reply: bytes | None, close_after: bool = True, hold: float = 0.0) -> None:
+        self.reply = reply
+        self.close_after = close_after
+        self.hold = hold
+        self.connections = 0
+        self.received: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.received.append(head)
+            if self.reply is not None:
+                writer.write(self.reply)
+                await writer.drain()
+            if self.hold:
+                await asyncio.sleep(self.hold)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if self.close_after:
+                writer.close()
+
+    async def start(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_yaml(upstreams: dict[str, str], extra: str = "", **ports: int) -> str:
+    """A config with ephemeral ports and the given upstream blocks (YAML text per upstream)."""
+    body = "".join(
+        f"  {name}:\n{textwrap.indent(textwrap.dedent(block).strip(), '    ')}\n" for name, block in upstreams.items()
+    )
+    return (
+        f"listen: {{host: 127.0.0.1, port: {ports.get('port', 0)}}}\n"
+        f"admin: {{listen: {{host: 127.0.0.1, port: {ports.get('admin_port', 0)}}}}}\n"
+        f"log: {{level: info, format: json, access_log: true}}\n"
+        f"drain: {{delay: 0s, timeout: 5s}}\n"
+        f"{textwrap.dedent(extra)}\n"
+        f"upstreams:\n{body}"
+    )
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    session: aiohttp.ClientSession
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.proxy_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.admin_port}"
+
+
+@pytest.fixture
+async def upstream_factory() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
+    made: list[Upstream] = []
+
+    async def make(script: Script = ok_script, read_body: bool = True) -> Upstream:
+        up = await Upstream(script, read_body).start()
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        await up.close()
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[Callable[[str], Awaitable[RunningGateway]]]:
+    """Start real in-process gateways from YAML text; closed at the end of the test."""
+    made: list[RunningGateway] = []
+
+    async def make(yaml_text: str, env: dict[str, str] | None = None) -> RunningGateway:
+        config = parse_config(yaml_text, "test.yaml", env=env or {})
+        gw = Gateway(config)
+        await gw.start()
+        session = aiohttp.ClientSession(auto_decompress=False)
+        running = RunningGateway(gw, session)
+        made.append(running)
+        return running
+
+    yield make
+    for running in made:
+        await running.session.close()
+        await running.gateway.close()
+
+
+async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return everything read until close or timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return b"".join(chunks)
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
+class GatewayProcess:
+    """The real program in a subprocess; stdout lines are collected as they come."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = self.admin_port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_started(self, timeout: float = 15.0) -> GatewayProcess:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines:
+                if '"gateway started"' in line:
+                    data = json.loads(line)
+                    self.port = int(data["proxy"].rsplit(":", 1)[1])
+                    self.admin_port = int(data["admin"].rsplit(":", 1)[1])
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway exited:\n" + "\n".join(self.lines))
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not start:\n" + "\n".join(self.lines))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if "request_id" in data and "status" in data:
+                    out.append(data)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Any:
+    made: list[GatewayProcess] = []
+
+    def start(yaml_text: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        path = tmp_path / f"gateway-{len(made)}.yaml"
+        path.write_text(yaml_text)
+        proc = GatewayProcess(path, env)
+        made.append(proc)
+        return proc.wait_started()
+
+    yield start
+    for proc in made:
+        proc.stop()
