@@ -1,9 +1,9 @@
-"""The admin port: probes, health, metrics, configuration and reload (contract §4).
+"""The admin port: probes, health, metrics, configuration, breakers and reload (contract §4).
 
-Owns the admin ``web.Application``: GET /livez, /readyz, /health, /metrics, /admin/config, and
-POST /admin/reload. POSTs need ``Authorization: Bearer <admin.token>`` when a token is set,
-compared in constant time. The admin app shares nothing with the proxy port: the proxy never
-serves these paths.
+Owns the admin ``web.Application``: GET /livez, /readyz, /health, /metrics, /admin/config,
+/admin/breakers, and POST /admin/reload, /admin/breakers/{name}/reset and /open. POSTs need
+``Authorization: Bearer <admin.token>`` when a token is set, compared in constant time. The
+admin app shares nothing with the proxy port: the proxy never serves these paths.
 """
 
 from __future__ import annotations
@@ -88,6 +88,23 @@ async def reload(request: web.Request) -> web.Response:
     return _error(400, "config_invalid", detail["error"])
 
 
+async def breakers(request: web.Request) -> web.Response:
+    runtime = _gateway(request).state.runtime
+    return _json({"breakers": [b.snapshot() for b in runtime.breakers().values()]})
+
+
+async def breaker_action(request: web.Request) -> web.Response:
+    name, action = request.match_info["name"], request.match_info["action"]
+    breaker = _gateway(request).state.runtime.breakers().get(name)
+    if breaker is None:
+        return _error(404, "no_breaker", f"no breaker named {name!r} (see GET /admin/breakers)")
+    if action == "reset":
+        breaker.reset()
+    else:
+        breaker.force_open()
+    return _json(breaker.snapshot())
+
+
 def build_admin_app(gateway: Gateway) -> web.Application:
     """The admin application for ``gateway``."""
     app = web.Application(middlewares=[require_token])
@@ -98,4 +115,6 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", config)
     app.router.add_post("/admin/reload", reload)
+    app.router.add_get("/admin/breakers", breakers)
+    app.router.add_post("/admin/breakers/{name}/{action:reset|open}", breaker_action)
     return app

@@ -8,8 +8,16 @@ sets (method, status, outcome, reason), never raw paths or ids. Components recei
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
 
 __all__ = ["CONTENT_TYPE", "Metrics", "method_label"]
 
@@ -57,7 +65,7 @@ class Metrics:
         )
         self.retries_skipped = Counter(
             "gateway_retries_skipped_total",
-            "Retries wanted by the outcome but not made (budget, deadline, unsafe, retry_after).",
+            "Retries wanted by the outcome but not made (budget, deadline, unsafe, retry_after, breaker).",
             ["upstream", "reason"],
             registry=r,
         )
@@ -80,6 +88,36 @@ class Metrics:
             registry=r,
         )
 
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions_total",
+            "Circuit breaker state changes, by the state entered (closed, half_open, open).",
+            ["upstream", "route", "to"],
+            registry=r,
+        )
+
+    def watch_breakers(self, source: Callable[[], Iterable[CircuitBreaker]]) -> None:
+        """Export ``gateway_breaker_state`` for the breakers ``source`` returns, read at scrape time."""
+        self.registry.register(_BreakerStates(source))
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class _BreakerStates(Collector):
+    """``gateway_breaker_state``: read from the live breakers when Prometheus scrapes."""
+
+    def __init__(self, source: Callable[[], Iterable[CircuitBreaker]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        from .breaker import STATE_VALUES
+
+        family = GaugeMetricFamily(
+            "gateway_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["upstream", "route"],
+        )
+        for breaker in self.source():
+            family.add_metric([breaker.upstream, breaker.route], STATE_VALUES[breaker.state])
+        yield family

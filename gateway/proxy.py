@@ -1,6 +1,7 @@
 """The proxy handler: the request path, read top to bottom.
 
-    hygiene → route → body (limits) → tries (retry loop) → relay the answer
+    hygiene → route → body size → fault → rate limit → breaker → bulkhead
+            → tries (retry loop; one breaker sample per try) → relay the answer
 
 Each stage either passes the exchange on or raises a ``GatewayError``, which ``handle`` turns
 into the contract's JSON answer. ``handle`` also writes the access-log line and the request
@@ -28,6 +29,7 @@ from . import outcomes
 from .errors import (
     BadRequest,
     BodyTooLarge,
+    BreakerOpen,
     Draining,
     GatewayError,
     NoRoute,
@@ -42,6 +44,7 @@ from .metrics import method_label
 from .outcomes import Outcome
 
 if TYPE_CHECKING:
+    from .breaker import Permit
     from .runtime import Route, Runtime, Upstream
     from .server import State
 
@@ -212,12 +215,20 @@ class Proxy:
             request, policy.limits.max_request_body, policy.retry.max_replay_body, policy.timeouts.idle
         )
         query = raw_target.partition("?")[2] if "?" in raw_target else None
+        if route.fault is not None:
+            await route.fault.apply(upstream.name)
+        if route.limiter is not None:
+            key = policy.rate_limit.key if policy.rate_limit is not None else None
+            await route.limiter.acquire(match.params.get(key) if key else None, upstream.name)
+        permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
         upstream.inflight += 1
         self.metrics.inflight.labels(upstream.name).inc()
         try:
-            attempt = await self._tries(request, upstream, route, match.path, query, body, deadline, ex)
-            return await self._relay(request, upstream, route, attempt, ex)
+            async with upstream.bulkhead.slot(upstream.name):
+                attempt = await self._tries(request, upstream, route, match.path, query, body, deadline, ex, permit)
+                return await self._relay(request, upstream, route, attempt, ex)
         finally:
+            permit.release()  # a no-op once the try recorded its outcome
             upstream.inflight -= 1
             self.metrics.inflight.labels(upstream.name).dec()
 
@@ -241,8 +252,13 @@ class Proxy:
         body: RequestBody,
         deadline: float,
         ex: Exchange,
+        permit: Permit,
     ) -> Attempt:
-        """The retry loop: try, ask the retry policy, wait, try again; return the last try."""
+        """The retry loop: try, ask the retry policy, wait, try again; return the last try.
+
+        ``permit`` is the breaker's for the first try; each retry asks the breaker again and the
+        loop stops, returning the last answer, when the breaker refuses.
+        """
         policy = route.policy
         headers = request_headers(request.headers, ex.request_id, upstream.policy.set_headers)
         if upstream.policy.forwarded_headers:
@@ -254,12 +270,13 @@ class Proxy:
             ex.attempts += 1
             attempt = await self._try(request.method, url, headers, upstream, route, body, deadline)
             self.metrics.tries.labels(*labels, attempt.outcome.label).inc()
-            if body.too_large:
+            if body.too_large or body.stalled:  # the client's fault, not the upstream's: no sample
+                permit.release()
                 attempt.discard()
-                raise BodyTooLarge(f"the request body is over the limit of {policy.limits.max_request_body} bytes")
-            if body.stalled:
-                attempt.discard()
+                if body.too_large:
+                    raise BodyTooLarge(f"the request body is over the limit of {policy.limits.max_request_body} bytes")
                 raise RequestTimeout(f"the client sent no body data for {policy.timeouts.idle:g}s")
+            permit.record(attempt.outcome)
             decision = route.retry.decide(
                 request.method,
                 attempt.outcome,
@@ -272,9 +289,18 @@ class Proxy:
                 self.metrics.retries_skipped.labels(upstream.name, decision.skipped).inc()
             if not decision.retry:
                 return attempt
+            try:
+                permit = route.breaker.acquire()
+            except BreakerOpen:
+                self.metrics.retries_skipped.labels(upstream.name, "breaker").inc()
+                return attempt
             attempt.discard()
             self.metrics.retries.labels(*labels, attempt.outcome.code or attempt.outcome.label).inc()
-            await asyncio.sleep(decision.delay)
+            try:
+                await asyncio.sleep(decision.delay)
+            except BaseException:
+                permit.release()
+                raise
 
     async def _try(
         self,

@@ -2,20 +2,28 @@
 
 Owns what a request needs besides its own data: the router, and per upstream its pooled
 ``ClientSession`` (one connection pool each, keep-alive, TLS verified, no cookie jar, no
-decompression, no redirects followed), its retry budgets and its last-minute statistics.
-A reload builds a new ``Runtime`` from the previous one: upstreams whose ``url`` did not change
-keep their session and state objects; in-flight requests keep the runtime they started with.
+decompression, no redirects followed), its bulkhead, its circuit breakers (one for the upstream,
+one per route that sets ``breaker:``), its rate limiters, retry budgets and last-minute
+statistics. A reload builds a new ``Runtime`` from the previous one: upstreams whose ``url`` did
+not change keep their session, breakers (with the new settings), budgets, limiters and
+statistics; in-flight requests keep the runtime they started with.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from .breaker import CircuitBreaker
 from .config import Config, RoutePolicy, UpstreamPolicy, resolve
+from .fault import FaultInjector
+from .limits import Bulkhead
+from .ratelimit import RateLimiter
 from .retry import RetryBudget, RetryPolicy
 from .routing import Router
 from .stats import MinuteWindow
@@ -29,41 +37,88 @@ class Route:
 
     policy: RoutePolicy
     retry: RetryPolicy
+    breaker: CircuitBreaker
+    limiter: RateLimiter | None
+    fault: FaultInjector | None
     client_timeout: aiohttp.ClientTimeout
+
+
+BreakerHook = Callable[[CircuitBreaker, str, str], None]
 
 
 class Upstream:
     """One upstream: its policy, connection pool and the state that outlives a reload."""
 
-    def __init__(self, policy: UpstreamPolicy, previous: Upstream | None = None) -> None:
+    def __init__(
+        self, policy: UpstreamPolicy, previous: Upstream | None = None, hook: BreakerHook | None = None
+    ) -> None:
         self.policy = policy
         self.name = policy.name
         self.base = str(policy.url).rstrip("/")
         self.inflight = 0
+        self._hook = hook
         self.session: aiohttp.ClientSession
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
+        self._limiters: dict[tuple[str, Any], RateLimiter]
+        self.bulkhead: Bulkhead
+        self.breakers: dict[str, CircuitBreaker] = {}
+        old_breakers: dict[str, CircuitBreaker] = {}
+        limits = policy.limits
         if previous is not None:
             self.session = previous.session
             self.stats = previous.stats
             self._budgets = previous._budgets
+            self._limiters = previous._limiters
+            old_breakers = previous.breakers
+            old = previous.policy.limits
+            same = (old.max_concurrent, old.max_queue, old.queue_timeout)
+            if same == (limits.max_concurrent, limits.max_queue, limits.queue_timeout):
+                self.bulkhead = previous.bulkhead
+            else:
+                self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         else:
             self.session = _new_session()
             self.stats = MinuteWindow()
             self._budgets = {}
-        self.routes = tuple(self._route(p) for p in policy.routes)
-        self.default = self._route(policy.default)
+            self._limiters = {}
+            self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.routes = tuple(self._route(p, old_breakers) for p in policy.routes)
+        self.default = self._route(policy.default, old_breakers)
 
-    def _route(self, policy: RoutePolicy) -> Route:
+    def _breaker(self, policy: RoutePolicy, old: dict[str, CircuitBreaker]) -> CircuitBreaker:
+        name = policy.breaker_name
+        breaker = self.breakers.get(name)
+        if breaker is not None:
+            return breaker
+        breaker = old.get(name)
+        if breaker is not None:
+            breaker.update_config(policy.breaker)
+        else:
+            route = policy.name if name != self.name else "-"
+            breaker = CircuitBreaker(name, self.name, route, policy.breaker, on_transition=self._hook)
+        self.breakers[name] = breaker
+        return breaker
+
+    def _route(self, policy: RoutePolicy, old_breakers: dict[str, CircuitBreaker]) -> Route:
         b = policy.retry.budget
         key = (policy.name, b.percent, b.min_per_second, b.window)
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = RetryBudget(b.percent, b.min_per_second, b.window)
+        limiter = None
+        if policy.rate_limit is not None:
+            limiter_key = (policy.name, policy.rate_limit)
+            limiter = self._limiters.get(limiter_key)
+            if limiter is None:
+                limiter = self._limiters[limiter_key] = RateLimiter(policy.rate_limit)
         t = policy.timeouts
         return Route(
             policy=policy,
             retry=RetryPolicy(policy.retry, self.policy.kind, budget),
+            breaker=self._breaker(policy, old_breakers),
+            limiter=limiter,
+            fault=FaultInjector(policy.fault) if policy.fault is not None else None,
             client_timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t.connect, sock_read=t.idle),
         )
 
@@ -90,14 +145,14 @@ def _new_session() -> aiohttp.ClientSession:
 class Runtime:
     """Everything derived from one configuration that the request path reads."""
 
-    def __init__(self, config: Config, previous: Runtime | None = None) -> None:
+    def __init__(self, config: Config, previous: Runtime | None = None, hook: BreakerHook | None = None) -> None:
         self.config = config
         old = previous.upstreams if previous is not None else {}
         self.upstreams: dict[str, Upstream] = {}
         for policy in resolve(config):
             before = old.get(policy.name)
             keep = before if before is not None and before.policy.url == policy.url else None
-            self.upstreams[policy.name] = Upstream(policy, keep)
+            self.upstreams[policy.name] = Upstream(policy, keep, hook)
         self.router: Router[Upstream, Route] = Router(
             (
                 up.policy.prefix,
@@ -109,6 +164,10 @@ class Runtime:
         # Sessions of the previous runtime that this one no longer uses.
         kept = {id(up.session) for up in self.upstreams.values()}
         self.retired = [up for up in old.values() if id(up.session) not in kept]
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every breaker by name (``upstream`` or ``upstream.route``)."""
+        return {name: b for up in self.upstreams.values() for name, b in up.breakers.items()}
 
     async def close_retired(self, grace: float) -> None:
         """Close the sessions of upstreams dropped by a reload, once their requests finish."""

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -29,6 +29,9 @@ from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
 
 __all__ = ["Gateway", "State"]
 
@@ -93,7 +96,8 @@ class Gateway:
     def __init__(self, config: Config, path: str | None = None) -> None:
         self.path = path
         self.metrics = Metrics()
-        self.state = State(Runtime(config), self.metrics)
+        self.state = State(Runtime(config, hook=self._breaker_moved), self.metrics)
+        self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
@@ -214,6 +218,17 @@ class Gateway:
             await self._listeners.admin_runner.cleanup()
         await self.state.runtime.close()
 
+    def _breaker_moved(self, breaker: CircuitBreaker, before: str, after: str) -> None:
+        self.metrics.breaker_transitions.labels(breaker.upstream, breaker.route, after).inc()
+        level = logging.WARNING if after == "open" else logging.INFO
+        event(
+            "breaker " + after.replace("_", "-"),
+            level,
+            breaker=breaker.name,
+            previous=before,
+            retry_after_s=breaker.retry_after(),
+        )
+
     # ------------------------------------------------------------------ probes and health
 
     def readiness(self) -> tuple[bool, str]:
@@ -222,6 +237,11 @@ class Gateway:
             return False, "starting"
         if self.drain_started:
             return False, "draining"
+        runtime = self.state.runtime
+        for name in runtime.config.readiness.require:
+            up = runtime.upstreams.get(name)
+            if up is not None and up.default.breaker.state == "open":
+                return False, f"breaker of required upstream {name!r} is open"
         return True, "ready"
 
     def health(self) -> dict[str, Any]:
@@ -231,8 +251,11 @@ class Gateway:
         for name, up in self.state.runtime.upstreams.items():
             snap = up.stats.snapshot()
             snap["inflight"] = up.inflight
+            snap["queued"] = up.bulkhead.queued
+            snap["breaker"] = up.default.breaker.state
+            snap["route_breakers"] = {b.route: b.state for b in up.breakers.values() if b is not up.default.breaker}
             requests, errors = snap["requests"], snap["errors"]
-            if requests >= 5 and errors * 2 >= requests:
+            if (requests >= 5 and errors * 2 >= requests) or snap["breaker"] == "open":
                 degraded = True
             upstreams[name] = snap
         return {"status": "degraded" if degraded else "ok", "draining": self.drain_started, "upstreams": upstreams}
@@ -252,7 +275,7 @@ class Gateway:
             )
             return False, {"error": str(exc)}
         old = self.state.runtime
-        new = Runtime(config, old)
+        new = Runtime(config, old, hook=self._breaker_moved)
         changes = _changes(old.config, config)
         self.state.runtime = new
         self._mtime = _mtime(self.path)

@@ -1,0 +1,388 @@
+"""Circuit breaker: whether a try may go to an upstream, decided from the outcomes of earlier tries.
+
+Owns the state of one breaker (contract §2 "breaker"): the states ``closed``, ``open`` and
+``half_open``, every move between them written in ``TRANSITIONS``, the failure counters of the
+two modes (``consecutive`` failures, or the failure ratio of a sliding ``window`` of one-second
+buckets once ``min_requests`` samples are in it), the recovery delay that doubles on each failed
+probe up to ``recovery_max``, and the snapshot the admin port shows. It does no I/O, starts no
+timers and reads only the clocks it is given, so it is tested without sleeping: the move from
+open to half-open is made lazily, when ``acquire``, ``state`` or ``snapshot`` reads the clock.
+
+Use, once per try::
+
+    permit = breaker.acquire()        # raises BreakerOpen (503 breaker_open) when refused
+    try:
+        outcome = await one_try()     # the try's Outcome, exceptions already classified
+        permit.record(outcome)
+    finally:
+        permit.release()              # no-op after record(); frees a probe slot if abandoned
+
+Each try is one sample. An outcome in ``failure_on`` is a failure; any other (a 429 by default)
+is a success. A permit's outcome counts only in the state period it was issued in: an answer that
+arrives after the breaker moved (a closed-period try ending after the breaker opened, a second
+probe ending after the first one closed the breaker) is dropped, because the breaker has already
+decided about that period. Not thread-safe: one breaker belongs to one event loop. ``shared:``
+(state kept in redis) is not handled here; this is the local state machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .config import Breaker
+from .errors import BreakerOpen
+from .outcomes import Outcome, OutcomeSet
+
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "HALF_OPEN_BUSY_RETRY_AFTER",
+    "OPEN",
+    "STATE_VALUES",
+    "TRANSITIONS",
+    "CircuitBreaker",
+    "IllegalTransition",
+    "Permit",
+    "next_state",
+]
+
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half_open"
+
+# Events, the only causes of a transition.
+TRIP: Final = "trip"  # closed: the failure threshold or ratio was reached
+RECOVERY_ELAPSED: Final = "recovery_elapsed"  # open: the recovery delay has passed
+PROBE_SUCCESS: Final = "probe_success"  # half-open: a probe's outcome was a success
+PROBE_FAILURE: Final = "probe_failure"  # half-open: a probe's outcome was a failure
+RESET: Final = "reset"  # admin: close
+FORCE_OPEN: Final = "force_open"  # admin: open for maintenance, until reset
+
+TRANSITIONS: Final[dict[str, dict[str, str]]] = {
+    CLOSED: {TRIP: OPEN, FORCE_OPEN: OPEN},
+    OPEN: {RECOVERY_ELAPSED: HALF_OPEN, RESET: CLOSED},
+    HALF_OPEN: {PROBE_SUCCESS: CLOSED, PROBE_FAILURE: OPEN, RESET: CLOSED, FORCE_OPEN: OPEN},
+}
+"""state → event → next state. A pair not listed is an illegal move."""
+
+STATE_VALUES: Final[dict[str, int]] = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+"""The value of ``gateway_breaker_state`` for each state (contract §4)."""
+
+HALF_OPEN_BUSY_RETRY_AFTER: Final = 1.0
+"""Retry-After (seconds) when half-open with every probe slot taken: the probe's answer decides
+within one try, and a refused caller that comes back after it learns the new state (closed, or
+open with the real wait)."""
+
+
+class IllegalTransition(RuntimeError):
+    """An event that the current state does not accept (a bug in the caller, never an answer)."""
+
+
+def next_state(state: str, event: str) -> str:
+    """The state ``event`` moves ``state`` to. Raises IllegalTransition when the move is not in the table."""
+    try:
+        return TRANSITIONS[state][event]
+    except KeyError:
+        raise IllegalTransition(f"breaker: no transition from {state!r} on {event!r}") from None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class Permit:
+    """Leave for one try, given by ``CircuitBreaker.acquire``; settled once by ``record`` or ``release``."""
+
+    __slots__ = ("_breaker", "_done", "epoch", "probe")
+
+    def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool) -> None:
+        self._breaker = breaker
+        self._done = False
+        self.epoch = epoch  # the breaker's state period this permit was issued in
+        self.probe = probe  # True for a half-open probe (it holds one of the probe slots)
+
+    @property
+    def done(self) -> bool:
+        """True once ``record`` or ``release`` was called."""
+        return self._done
+
+    def record(self, outcome: Outcome) -> None:
+        """Count the try's ``outcome`` (a failure when it is in ``failure_on``), moving the breaker
+        if it decides. A second call, or a call after ``release``, does nothing."""
+        if self._done:
+            return
+        self._done = True
+        self._breaker._record(self, outcome)
+
+    def release(self) -> None:
+        """Settle a try abandoned without an outcome (cancelled, or the caller gave up): nothing is
+        counted, a probe slot is freed. Does nothing after ``record``, so it fits a ``finally``."""
+        if self._done:
+            return
+        self._done = True
+        self._breaker._release(self)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class CircuitBreaker:
+    """One breaker (per upstream, or per route that sets ``breaker:``): a transition table plus counters.
+
+    ``clock`` is monotonic seconds and drives every decision; ``wall_clock`` (seconds since the
+    epoch) only dates ``opened_at`` and ``retry_at`` in the snapshot. ``on_transition(breaker,
+    from_state, to_state)`` is called after every transition, the breaker already in its new
+    state (an exception it raises reaches the caller of the method that made the move).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        upstream: str,
+        route: str,
+        config: Breaker,
+        clock: Callable[[], float] = time.monotonic,
+        on_transition: Callable[[CircuitBreaker, str, str], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.upstream = upstream
+        self.route = route
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.on_transition = on_transition
+        self._state: str = CLOSED
+        self._epoch = 0
+        self._forced = False
+        self._probes = 0  # probe permits of the current half-open period not yet settled
+        self._opened_at: float | None = None  # monotonic
+        self._opened_wall: float | None = None
+        self._consecutive = 0
+        self.config = config
+        self._failure_on = OutcomeSet(config.failure_on)
+        self._recovery = config.recovery
+        self._reset_window()
+
+    # ------------------------------------------------------------------ configuration
+
+    def update_config(self, config: Breaker) -> None:
+        """Apply a reloaded ``config`` keeping the state. The counters restart when the mode or the
+        window changes; the recovery delay of an open breaker is kept, capped at the new maximum."""
+        old, self.config = self.config, config
+        self._failure_on = OutcomeSet(config.failure_on)
+        if old.mode != config.mode or old.window != config.window:
+            self._consecutive = 0
+            self._reset_window()
+        self._recovery = config.recovery if self._state == CLOSED else min(self._recovery, config.recovery_max)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half_open``; an open breaker whose recovery has passed becomes half-open here."""
+        self._maybe_half_open()
+        return self._state
+
+    @property
+    def forced(self) -> bool:
+        """True while held open by ``force_open``."""
+        return self._forced
+
+    @property
+    def recovery(self) -> float:
+        """The current recovery delay in seconds (doubled after each failed probe)."""
+        return self._recovery
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures (``consecutive`` mode), or failures in the window (``rate`` mode)."""
+        if self.config.mode == "consecutive":
+            return self._consecutive
+        return self._window_totals()[0]
+
+    def retry_after(self) -> float | None:
+        """Seconds until an open breaker becomes half-open; None when it is not open, or is forced open."""
+        self._maybe_half_open()
+        if self._state != OPEN or self._forced or self._opened_at is None:
+            return None
+        return max(0.0, self._opened_at + self._recovery - self.clock())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The breaker for ``GET /admin/breakers``: upstream, route, name, state, failures, opened_at,
+        retry_at (ISO 8601 UTC, or None), recovery_s, forced."""
+        state = self.state
+        retry_at = None
+        if state == OPEN and not self._forced and self._opened_wall is not None:
+            retry_at = _iso(self._opened_wall + self._recovery)
+        return {
+            "upstream": self.upstream,
+            "route": self.route,
+            "name": self.name,
+            "state": state,
+            "failures": self.failures,
+            "opened_at": _iso(self._opened_wall) if state != CLOSED and self._opened_wall is not None else None,
+            "retry_at": retry_at,
+            "recovery_s": self._recovery,
+            "forced": self._forced,
+        }
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name} {self._state} failures={self.failures}>"
+
+    # ------------------------------------------------------------------ the request path
+
+    def acquire(self) -> Permit:
+        """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
+        the current recovery delay as a hint when forced open), or when half-open with all
+        ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
+        self._maybe_half_open()
+        state = self._state
+        if state == CLOSED:
+            return Permit(self, self._epoch, probe=False)
+        if state == HALF_OPEN:
+            if self._probes < self.config.half_open_requests:
+                self._probes += 1
+                return Permit(self, self._epoch, probe=True)
+            raise BreakerOpen(
+                f"circuit breaker {self.name} is half-open and its probe is in flight",
+                upstream=self.upstream,
+                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+            )
+        if self._forced:
+            raise BreakerOpen(
+                f"circuit breaker {self.name} is held open by an operator",
+                upstream=self.upstream,
+                retry_after=self._recovery,
+            )
+        raise BreakerOpen(
+            f"circuit breaker {self.name} is open",
+            upstream=self.upstream,
+            retry_after=self.retry_after(),
+        )
+
+    def _record(self, permit: Permit, outcome: Outcome) -> None:
+        failure = self._failure_on.matches(outcome)
+        if permit.epoch != self._epoch:
+            return  # issued before the last transition: the breaker already decided about that period
+        if self._state == HALF_OPEN:
+            self._probes -= 1
+            if failure:
+                self._recovery = min(self._recovery * 2, self.config.recovery_max)
+                self._open(PROBE_FAILURE)
+            else:
+                self._close(PROBE_SUCCESS)
+            return
+        if self._state != CLOSED:
+            return  # not reached: every transition starts a new epoch, and an open period issues no permits
+        if self.config.mode == "consecutive":
+            if not failure:
+                self._consecutive = 0
+                return
+            self._consecutive += 1
+            if self._consecutive >= self.config.failure_threshold:
+                self._recovery = self.config.recovery
+                self._open(TRIP)
+            return
+        index = self._bucket()
+        self._totals[index] += 1
+        if failure:
+            self._failed[index] += 1
+            failed, total = self._window_totals()
+            # ratio >= failure_rate, written without division and tolerant of 0.3 * 10 = 3.0000000000000004
+            if total >= self.config.min_requests and failed >= self.config.failure_rate * total - 1e-9:
+                self._recovery = self.config.recovery
+                self._open(TRIP)
+
+    def _release(self, permit: Permit) -> None:
+        if permit.probe and permit.epoch == self._epoch and self._state == HALF_OPEN:
+            self._probes -= 1
+
+    # ------------------------------------------------------------------ admin
+
+    def reset(self) -> None:
+        """Close the breaker (``POST /admin/breakers/{name}/reset``): counters cleared, recovery back to
+        ``config.recovery``, a forced open lifted. On a closed breaker only the counters are cleared."""
+        self._maybe_half_open()
+        if self._state == CLOSED:
+            self._consecutive = 0
+            self._reset_window()
+            self._recovery = self.config.recovery
+            return
+        self._close(RESET)
+
+    def force_open(self) -> None:
+        """Open the breaker for maintenance (``POST /admin/breakers/{name}/open``). It stays open, with no
+        half-open and no probes, until ``reset``; requests get 503 ``breaker_open``. On an open breaker it
+        only cancels the coming half-open."""
+        self._maybe_half_open()
+        if self._state == OPEN:
+            self._forced = True
+            return
+        self._open(FORCE_OPEN, forced=True)
+
+    # ------------------------------------------------------------------ transitions
+
+    def _move(self, event: str) -> None:
+        before = self._state
+        self._state = next_state(before, event)
+        self._epoch += 1
+        self._probes = 0
+        if self.on_transition is not None:
+            self.on_transition(self, before, self._state)
+
+    def _open(self, event: str, forced: bool = False) -> None:
+        self._opened_at = self.clock()
+        self._opened_wall = self.wall_clock()
+        self._forced = forced
+        self._move(event)
+
+    def _close(self, event: str) -> None:
+        self._forced = False
+        self._consecutive = 0
+        self._reset_window()
+        self._recovery = self.config.recovery
+        self._opened_at = self._opened_wall = None
+        self._move(event)
+
+    def _maybe_half_open(self) -> None:
+        if (
+            self._state == OPEN
+            and not self._forced
+            and self._opened_at is not None
+            and self.clock() >= self._opened_at + self._recovery
+        ):
+            self._move(RECOVERY_ELAPSED)
+
+    # ------------------------------------------------------------------ rate mode window
+
+    def _reset_window(self) -> None:
+        self._slots = max(1, math.ceil(self.config.window))
+        self._stamp = [-1] * self._slots
+        self._totals = [0] * self._slots
+        self._failed = [0] * self._slots
+
+    def _bucket(self) -> int:
+        second = math.floor(self.clock())
+        index = second % self._slots
+        if self._stamp[index] != second:
+            self._stamp[index] = second
+            self._totals[index] = 0
+            self._failed[index] = 0
+        return index
+
+    def _window_totals(self) -> tuple[int, int]:
+        """(failures, samples) in the buckets of the last ``window`` seconds, the current one included."""
+        oldest = math.floor(self.clock()) - self._slots
+        failed = total = 0
+        for stamp, f, t in zip(self._stamp, self._failed, self._totals, strict=True):
+            if stamp > oldest:
+                failed += f
+                total += t
+        return failed, total

@@ -1,0 +1,142 @@
+"""Rate limiting: token buckets per route, and per ``key`` value when the route sets one.
+
+Owns contract §2 "rate_limit": a bucket refills at ``rate`` tokens a second up to ``burst``; a
+request takes one token, waiting up to ``max_wait`` for it, else is refused with 429
+``rate_limited`` and a Retry-After. A waiting request reserves its token at once, taking the
+bucket into debt, so waiters are served in the order they came and none is passed by a later
+arrival. The decision (``TokenBucket.reserve``, ``RateLimiter.reserve``) is synchronous and reads
+an injected clock; only ``RateLimiter.acquire`` sleeps. Buckets per key value are kept in an LRU
+of ``max_keys`` entries; an evicted key starts again with a full bucket. ``scope: global`` (a
+bucket in redis) is not handled here: this is the local limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from cachetools import LRUCache
+
+from .config import RateLimit
+from .errors import RateLimited
+
+__all__ = ["RateLimiter", "TokenBucket", "default_burst"]
+
+_EPSILON = 1e-9  # float slack: 0.1 s at 10/s must refill exactly one token
+
+
+def default_burst(rate: float) -> int:
+    """The burst used when the configuration sets none: one second of tokens, at least one."""
+    return max(1, math.ceil(rate))
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` a second; the token count goes negative while callers wait."""
+
+    __slots__ = ("_stamp", "_tokens", "burst", "clock", "rate")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a token bucket needs rate > 0 and burst >= 1, got rate={rate} burst={burst}")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def _refill(self) -> float:
+        now = self.clock()
+        if now > self._stamp:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        return self._tokens
+
+    @property
+    def tokens(self) -> float:
+        """Tokens available now; negative while reserved tokens are still owed to waiting callers."""
+        return self._refill()
+
+    def reserve(self, max_wait: float) -> float | None:
+        """Take one token: the wait in seconds before using it (0.0 when one is there now), or None,
+        taking nothing, when that wait would be longer than ``max_wait``."""
+        tokens = self._refill()
+        if tokens >= 1 - _EPSILON:
+            self._tokens = tokens - 1
+            return 0.0
+        wait = (1 - tokens) / self.rate
+        if wait > max_wait + _EPSILON:
+            return None
+        self._tokens = tokens - 1
+        return wait
+
+    def refund(self) -> None:
+        """Give back a reserved token whose caller left before using it (capped at ``burst``)."""
+        self._tokens = min(float(self.burst), self._refill() + 1)
+
+    def retry_after(self) -> float:
+        """Seconds until a token would be free for a new caller (0.0 when one is free now)."""
+        return max(0.0, (1 - self._refill()) / self.rate)
+
+
+class RateLimiter:
+    """The buckets of one ``rate_limit:`` block: one bucket, or one per value of its ``key`` path parameter."""
+
+    def __init__(
+        self,
+        config: RateLimit,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10000,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rate = config.rate
+        self.burst = config.burst if config.burst is not None else default_burst(config.rate)
+        self.max_wait = config.max_wait
+        self._sleep = sleep
+        self._buckets: LRUCache[str | None, TokenBucket] = LRUCache(maxsize=max_keys)
+
+    def __len__(self) -> int:
+        """The number of buckets held."""
+        return len(self._buckets)
+
+    def bucket(self, key: str | None) -> TokenBucket:
+        """The bucket for ``key`` (the value of the configured path parameter), made full on first use.
+        Without ``key:`` in the configuration every request shares one bucket, whatever ``key`` is."""
+        if self.config.key is None:
+            key = None
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self.clock)
+        return bucket
+
+    def reserve(self, key: str | None, upstream: str) -> float:
+        """Take a token for ``key``: the seconds to wait before forwarding (0.0: go now).
+        Raises RateLimited (429, ``retry_after`` = seconds until a token is free) when the wait
+        would be longer than ``max_wait``; nothing is taken then."""
+        return self._reserve(key, upstream)[1]
+
+    def _reserve(self, key: str | None, upstream: str) -> tuple[TokenBucket, float]:
+        bucket = self.bucket(key)
+        wait = bucket.reserve(self.max_wait)
+        if wait is None:
+            raise RateLimited(
+                f"rate limit of {self.rate:g}/s reached: no token within {self.max_wait:g}s",
+                upstream=upstream,
+                retry_after=bucket.retry_after(),
+            )
+        return bucket, wait
+
+    async def acquire(self, key: str | None, upstream: str) -> None:
+        """Take a token for ``key``, sleeping for the reserved wait. Raises RateLimited as ``reserve``.
+        A caller cancelled while waiting gives its token back."""
+        bucket, wait = self._reserve(key, upstream)
+        if wait <= 0:
+            return
+        try:
+            await self._sleep(wait)
+        except asyncio.CancelledError:
+            bucket.refund()
+            raise

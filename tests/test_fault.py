@@ -1,0 +1,96 @@
+"""Fault injection with an injected random source and sleep."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Fault
+from gateway.errors import FaultInjected
+from gateway.fault import FaultInjector
+
+
+def fault(**block) -> Fault:
+    return Fault.model_validate(block)
+
+
+class Draws:
+    """A rand() that returns the given values in turn."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def __call__(self) -> float:
+        return self.values.pop(0)
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_no_faults_configured():
+    sleep = Sleeps()
+    injector = FaultInjector(fault(), rand=Draws(), sleep=sleep)
+    await injector.apply("graph")  # draws nothing: Draws() would raise
+    assert sleep.seconds == []
+
+
+async def test_abort_fires_below_percent():
+    injector = FaultInjector(fault(abort={"percent": 5, "status": 502}), rand=Draws(0.049))
+    with pytest.raises(FaultInjected) as info:
+        await injector.apply("gemini")
+    assert info.value.status == 502
+    assert info.value.code == "fault_injected"
+    assert info.value.upstream == "gemini"
+    assert info.value.message == "fault injected by configuration"
+
+
+async def test_abort_does_not_fire_at_or_above_percent():
+    injector = FaultInjector(fault(abort={"percent": 5}), rand=Draws(0.05, 0.99))
+    await injector.apply("gemini")
+    await injector.apply("gemini")
+
+
+async def test_abort_default_status_is_503():
+    injector = FaultInjector(fault(abort={"percent": "100%"}), rand=Draws(0.999))
+    with pytest.raises(FaultInjected) as info:
+        await injector.apply("graph")
+    assert info.value.status == 503
+
+
+async def test_delay_sleeps_the_duration():
+    sleep = Sleeps()
+    injector = FaultInjector(fault(delay={"percent": 10, "duration": "2s"}), rand=Draws(0.05, 0.5), sleep=sleep)
+    await injector.apply("graph")
+    await injector.apply("graph")
+    assert sleep.seconds == [2.0]
+
+
+async def test_delay_then_abort_drawn_independently():
+    sleep = Sleeps()
+    block = fault(abort={"percent": 50, "status": 500}, delay={"percent": 50, "duration": "250ms"})
+    injector = FaultInjector(block, rand=Draws(0.1, 0.1, 0.9, 0.1, 0.1, 0.9), sleep=sleep)
+    with pytest.raises(FaultInjected):
+        await injector.apply("graph")  # delayed and aborted
+    with pytest.raises(FaultInjected):
+        await injector.apply("graph")  # aborted only
+    await injector.apply("graph")  # delayed only
+    assert sleep.seconds == [0.25, 0.25]
+
+
+async def test_zero_percent_never_fires():
+    sleep = Sleeps()
+    injector = FaultInjector(
+        fault(abort={"percent": 0}, delay={"percent": 0, "duration": "1s"}), rand=Draws(*[0.0] * 20), sleep=sleep
+    )
+    for _ in range(10):
+        await injector.apply("graph")
+    assert sleep.seconds == []
+
+
+async def test_real_sleep_by_default():
+    injector = FaultInjector(fault(delay={"percent": 100, "duration": "10ms"}), rand=Draws(0.5))
+    await injector.apply("graph")
