@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -38,6 +38,7 @@ from .errors import ConfigError
 from .routing import PathPattern, PatternError
 from .units import (
     format_duration,
+    format_rate,
     format_size,
     parse_duration,
     parse_percent,
@@ -100,6 +101,7 @@ Size = Annotated[
 Rate = Annotated[
     float,
     _unit(parse_rate, "rate"),
+    PlainSerializer(format_rate, return_type=str),
     WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?\s*/\s*(s|m|h)$"}),
 ]
 Percent = Annotated[
@@ -170,7 +172,7 @@ class Listen(Model):
 
 class Admin(Model):
     listen: Listen = Listen(port=9901)
-    token: Secret = Field("", description="bearer token for admin POSTs")
+    token: Secret = Field("", description="bearer token for admin POSTs", repr=False)
 
 
 class Log(Model):
@@ -189,7 +191,7 @@ class CacheStore(Model):
     max_entries: int = Field(10000, ge=1)
     max_bytes: Size = 64 * 1024**2
     max_entry_bytes: Size = 1024**2
-    url: Secret | None = None
+    url: Secret | None = Field(None, repr=False)
     prefix: str = "gw:"
     timeout: Duration = 0.1
 
@@ -314,7 +316,7 @@ class Upstream(Policies):
     url: str
     kind: Literal["graph", "gemini", "supabase", "generic"] = "generic"
     prefix: str | None = None
-    set_headers: dict[str, Secret] = {}
+    set_headers: dict[str, Secret] = Field({}, repr=False)
     forwarded_headers: bool = Field(False, description="add X-Forwarded-For/-Proto/-Host")
     routes: tuple[Route, ...] = ()
 
@@ -383,7 +385,7 @@ class UpstreamPolicy:
     url: URL
     kind: str
     prefix: str
-    set_headers: Mapping[str, str]
+    set_headers: Mapping[str, str] = field(repr=False)  # values are secrets
     forwarded_headers: bool
     routes: tuple[RoutePolicy, ...]
     default: RoutePolicy  # for requests that match no route
@@ -412,34 +414,23 @@ def merge(base: M, over: M | None) -> M:
 def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
     """Apply inheritance and build the finished policies, upstream by upstream."""
     d = config.defaults
-    built_in = Policies(timeouts=Timeouts(), retry=Retry(), breaker=Breaker(), limits=Limits())
     result = []
     for name, up in config.upstreams.items():
-        timeouts = merge(merge(built_in.timeouts, d.timeouts), up.timeouts)  # type: ignore[arg-type]
-        retry = merge(merge(built_in.retry, d.retry), up.retry)  # type: ignore[arg-type]
-        breaker = merge(merge(built_in.breaker, d.breaker), up.breaker)  # type: ignore[arg-type]
-        limits = merge(merge(built_in.limits, d.limits), up.limits)  # type: ignore[arg-type]
-        fault = up.fault if up.fault is not None else d.fault
-
-        def policy(route: Route | None, index: int) -> RoutePolicy:
-            r = route or Route()
-            route_name = (r.name or str(index)) if route is not None else "-"
-            return RoutePolicy(
-                upstream=name,
-                name=route_name,
-                breaker_name=f"{name}.{route_name}" if r.breaker is not None else name,
-                methods=frozenset(r.match.methods),
-                pattern=PathPattern.compile(r.match.path),
-                timeouts=merge(timeouts, r.timeouts),
-                retry=merge(retry, r.retry),
-                breaker=merge(breaker, r.breaker),
-                limits=limits,
-                fault=r.fault if r.fault is not None else fault,
-                cache=r.cache,
-                rate_limit=r.rate_limit,
-                invalidates=tuple(PathPattern.compile(p) for p in r.invalidates),
-            )
-
+        default = RoutePolicy(
+            upstream=name,
+            name="-",
+            breaker_name=name,
+            methods=frozenset(),
+            pattern=PathPattern.compile("/**"),
+            timeouts=merge(merge(Timeouts(), d.timeouts), up.timeouts),
+            retry=merge(merge(Retry(), d.retry), up.retry),
+            breaker=merge(merge(Breaker(), d.breaker), up.breaker),
+            limits=merge(merge(Limits(), d.limits), up.limits),
+            fault=up.fault if up.fault is not None else d.fault,
+            cache=None,
+            rate_limit=None,
+            invalidates=(),
+        )
         result.append(
             UpstreamPolicy(
                 name=name,
@@ -448,14 +439,33 @@ def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
                 prefix=up.prefix or f"/{name}",
                 set_headers={k.lower(): v for k, v in up.set_headers.items() if v},
                 forwarded_headers=up.forwarded_headers,
-                routes=tuple(policy(r, i) for i, r in enumerate(up.routes)),
-                default=policy(None, 0),
-                limits=limits,
-                breaker=breaker,
+                routes=tuple(_route_policy(default, r, i) for i, r in enumerate(up.routes)),
+                default=default,
+                limits=default.limits,
+                breaker=default.breaker,
                 raw=up,
             )
         )
     return tuple(result)
+
+
+def _route_policy(upstream: RoutePolicy, route: Route, index: int) -> RoutePolicy:
+    """The upstream's policy for unmatched requests with ``route``'s own keys laid on top."""
+    name = route.name or str(index)
+    return replace(
+        upstream,
+        name=name,
+        breaker_name=f"{upstream.upstream}.{name}" if route.breaker is not None else upstream.upstream,
+        methods=frozenset(route.match.methods),
+        pattern=PathPattern.compile(route.match.path),
+        timeouts=merge(upstream.timeouts, route.timeouts),
+        retry=merge(upstream.retry, route.retry),
+        breaker=merge(upstream.breaker, route.breaker),
+        fault=route.fault if route.fault is not None else upstream.fault,
+        cache=route.cache,
+        rate_limit=route.rate_limit,
+        invalidates=tuple(PathPattern.compile(p) for p in route.invalidates),
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -468,24 +478,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     block's ``on:`` key into ``True``; only ``true`` and ``false`` are booleans here.
     """
 
-    yaml_implicit_resolvers = {
-        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
+        first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                mark = key_node.start_mark
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                line = first_line.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if line is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                    None, None, f"duplicate key {key!r} (first written on line {line})", key_node.start_mark
                 )
-            seen.add(key)
+            first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
+# The class's own copy of SafeLoader's resolvers, without YAML 1.1's booleans, then YAML 1.2's.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
@@ -518,12 +531,13 @@ def interpolate(node: Any, env: Mapping[str, str], problems: list[str], loc: tup
             return "$"
         name, default = m.group(1), m.group(2)
         value = env.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                problems.append(f"{_path(loc)}: environment variable {name} is not set and has no default")
-                return ""
-            return default
-        return value
+        if value:
+            return value
+        if default is None:  # unset or empty, as the shell's ${VAR:-…} sees it
+            state = "is empty" if value == "" else "is not set"
+            problems.append(f"{_path(loc)}: environment variable {name} {state} and has no default")
+            return ""
+        return default
 
     return _VAR.sub(substitute, node)
 
@@ -627,9 +641,11 @@ def _cross_checks(config: Config) -> list[str]:
         if name not in config.upstreams:
             problems.append(f"readiness.require[{i}]: no upstream named {name!r}")
     if not problems:
-        for up in resolve(config):
-            for policy in (*up.routes, up.default):
-                where = f"upstreams.{up.name}" + ("" if policy is up.default else f" route {policy.name!r}")
+        for resolved in resolve(config):
+            for policy in (*resolved.routes, resolved.default):
+                where = f"upstreams.{resolved.name}"
+                if policy is not resolved.default:
+                    where += f" route {policy.name!r}"
                 if policy.retry.backoff.base > policy.retry.backoff.max:
                     problems.append(f"{where}: retry.backoff.base is larger than retry.backoff.max")
                 if policy.breaker.recovery > policy.breaker.recovery_max:

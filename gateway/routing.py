@@ -20,6 +20,10 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SEGMENT_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()+,;=:@%]*")
 
 
+def _param_regex(name: str) -> str:
+    return f"(?P<{name}>[^/]+?)"
+
+
 class PatternError(ValueError):
     """A path pattern that cannot be compiled; the message says why."""
 
@@ -70,7 +74,7 @@ class PathPattern:
                 if name in params:
                     raise PatternError(f"parameter {{{name}}} appears twice in {source!r}")
                 params.append(name)
-                out.append(f"(?P<{name}>[^/]+?)")
+                out.append(_param_regex(name))
                 pos = end + 1
             elif char == "*":
                 if segment.startswith("**", pos):
@@ -98,12 +102,16 @@ class PathPattern:
         """Return a pattern with the named parameters that ``params`` holds replaced by values.
 
         Used by ``invalidates:``: ``/rest/v1/{table}`` filled from a write's own parameters.
-        Parameters absent from ``params`` stay wildcards.
+        Values match literally, whatever characters they hold; parameters absent from
+        ``params`` stay wildcards.
         """
-        source = self.source
-        for name, value in params.items():
-            source = source.replace("{" + name + "}", value.replace("*", "%2A"))
-        return PathPattern.compile(source)
+        source, regex = self.source, self.regex.pattern
+        for name in self.params:
+            if name in params:
+                source = source.replace("{" + name + "}", params[name])
+                regex = regex.replace(_param_regex(name), re.escape(params[name]))
+        rest = tuple(name for name in self.params if name not in params)
+        return PathPattern(source, re.compile(regex), rest)
 
 
 T = TypeVar("T")

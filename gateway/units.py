@@ -12,6 +12,7 @@ import re
 
 __all__ = [
     "format_duration",
+    "format_rate",
     "format_size",
     "parse_duration",
     "parse_percent",
@@ -94,6 +95,18 @@ def parse_rate(value: object) -> float:
         if m and float(m.group(1)) > 0:
             return float(m.group(1)) / _DURATION_UNITS[m.group(2)]
     raise ValueError(f"expected a rate like '80/s' (per s, m or h), got {value!r}")
+
+
+def format_rate(per_second: float) -> str:
+    """Format tokens per second back to ``'N/s'``, ``'N/m'`` or ``'N/h'``, whole N when one exists.
+
+    ``parse_rate(format_rate(r))`` gives ``r`` back: 80.0 -> '80/s', 1/60 -> '1/m'.
+    """
+    for unit in ("s", "m", "h"):
+        count = per_second * _DURATION_UNITS[unit]
+        if count >= 1 and abs(count - round(count)) <= 1e-9 * count:
+            return f"{round(count)}/{unit}"
+    return f"{per_second!r}/s" if "e" not in repr(per_second) else f"{per_second * 3600:f}/h"
 
 
 def parse_percent(value: object) -> float:
