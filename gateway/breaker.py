@@ -27,7 +27,6 @@ decided about that period. Not thread-safe: one breaker belongs to one event loo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from typing import Any, Final
 from .config import Breaker
 from .errors import BreakerOpen
 from .outcomes import Outcome, OutcomeSet
+from .window import SlidingCounts
 
 __all__ = [
     "CLOSED",
@@ -205,7 +205,7 @@ class CircuitBreaker:
         """Consecutive failures (``consecutive`` mode), or failures in the window (``rate`` mode)."""
         if self.config.mode == "consecutive":
             return self._consecutive
-        return self._window_totals()[0]
+        return self._window.totals()[1]
 
     def retry_after(self) -> float | None:
         """Seconds until an open breaker becomes half-open; None when it is not open, or is forced open."""
@@ -290,11 +290,9 @@ class CircuitBreaker:
                 self._recovery = self.config.recovery
                 self._open(TRIP)
             return
-        index = self._bucket()
-        self._totals[index] += 1
+        self._window.add(1, 1 if failure else 0)
         if failure:
-            self._failed[index] += 1
-            failed, total = self._window_totals()
+            total, failed = self._window.totals()
             # ratio >= failure_rate, written without division and tolerant of 0.3 * 10 = 3.0000000000000004
             if total >= self.config.min_requests and failed >= self.config.failure_rate * total - 1e-9:
                 self._recovery = self.config.recovery
@@ -363,26 +361,4 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ rate mode window
 
     def _reset_window(self) -> None:
-        self._slots = max(1, math.ceil(self.config.window))
-        self._stamp = [-1] * self._slots
-        self._totals = [0] * self._slots
-        self._failed = [0] * self._slots
-
-    def _bucket(self) -> int:
-        second = math.floor(self.clock())
-        index = second % self._slots
-        if self._stamp[index] != second:
-            self._stamp[index] = second
-            self._totals[index] = 0
-            self._failed[index] = 0
-        return index
-
-    def _window_totals(self) -> tuple[int, int]:
-        """(failures, samples) in the buckets of the last ``window`` seconds, the current one included."""
-        oldest = math.floor(self.clock()) - self._slots
-        failed = total = 0
-        for stamp, f, t in zip(self._stamp, self._failed, self._totals, strict=True):
-            if stamp > oldest:
-                failed += f
-                total += t
-        return failed, total
+        self._window = SlidingCounts(self.config.window, 2, self.clock)  # (samples, failures)

@@ -4,13 +4,12 @@ Owns the contract's rule (a)–(e): the outcome is in ``on``; tries remain; the 
 the wait fits before ``total``; and resending is safe (the method is listed, or nothing reached
 the upstream, or the upstream said it did not process the request). Waits are full-jitter
 exponential backoff, or the upstream's Retry-After when honoured and under ``max``. The budget
-is a sliding window of one-second slots. The loop that runs tries lives in ``gateway.proxy``;
+is a ``SlidingCounts`` window of one-second slots. The loop that runs tries lives in ``gateway.proxy``;
 this module only decides, with an injected clock and random source, so it is tested alone.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from .config import Retry
 from .outcomes import CONNECT_FAILURE, Outcome, OutcomeSet
+from .window import SlidingCounts
 
 __all__ = ["Decision", "RetryBudget", "RetryPolicy"]
 
@@ -48,41 +48,18 @@ class RetryBudget:
     ) -> None:
         self.percent = percent
         self.floor = min_per_second * window
-        self.slots = max(1, math.ceil(window))
-        self.clock = clock
-        self._stamp = [-1] * self.slots
-        self._requests = [0] * self.slots
-        self._retries = [0] * self.slots
-
-    def _slot(self) -> int:
-        second = int(self.clock())
-        index = second % self.slots
-        if self._stamp[index] != second:
-            self._stamp[index] = second
-            self._requests[index] = 0
-            self._retries[index] = 0
-        return index
-
-    def _totals(self) -> tuple[int, int]:
-        oldest = int(self.clock()) - self.slots
-        requests = retries = 0
-        for stamp, req, ret in zip(self._stamp, self._requests, self._retries, strict=True):
-            if stamp > oldest:
-                requests += req
-                retries += ret
-        return requests, retries
+        self._counts = SlidingCounts(window, 2, clock)  # (requests, retries)
 
     def record_request(self) -> None:
         """Count one client request (its first try)."""
-        self._requests[self._slot()] += 1
+        self._counts.add(1)
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when the window has none left."""
-        index = self._slot()
-        requests, retries = self._totals()
+        requests, retries = self._counts.totals()
         if retries + 1 > self.floor + self.percent * requests:
             return False
-        self._retries[index] += 1
+        self._counts.add(0, 1)
         return True
 
 
