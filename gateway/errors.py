@@ -4,6 +4,7 @@
     ├── NoRoute                       404 no_route
     ├── BadRequest                    400 bad_request
     ├── BodyTooLarge                  413 body_too_large
+    ├── RequestTimeout                408 request_timeout (the client's body stalled; not in the contract)
     ├── RateLimited                   429 rate_limited
     ├── Overloaded                    503 overloaded
     ├── BreakerOpen                   503 breaker_open
@@ -36,6 +37,7 @@ __all__ = [
     "NoRoute",
     "Overloaded",
     "RateLimited",
+    "RequestTimeout",
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnreachable",
@@ -83,6 +85,12 @@ class BodyTooLarge(GatewayError):
     """The request body is larger than ``limits.max_request_body``."""
 
     code, status = "body_too_large", 413
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending its body for longer than ``idle``."""
+
+    code, status = "request_timeout", 408
 
 
 class RateLimited(GatewayError):

@@ -59,9 +59,10 @@ def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) 
     return path
 
 
-def _connection_named(headers: Mapping[str, str]) -> set[str]:
+def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """The header names listed in ``Connection`` (hop-by-hop by declaration), lower-cased."""
     named: set[str] = set()
-    for value in headers.getall("connection", ()) if isinstance(headers, CIMultiDictProxy) else ():
+    for value in headers.getall("connection", ()):
         named.update(token.strip().lower() for token in value.split(","))
     return named
 

@@ -14,12 +14,11 @@ arrive (server-sent events included); nothing is buffered whole except an error 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -33,13 +32,14 @@ from .errors import (
     Draining,
     GatewayError,
     NoRoute,
+    RequestTimeout,
     UpstreamReset,
     UpstreamTimeout,
     UpstreamUnreachable,
     error_response,
 )
 from .hygiene import check_request, request_headers, response_headers
-from .logs import access_log, event, redact_query
+from .logs import access_log, log, redact_query
 from .metrics import method_label
 from .outcomes import Outcome
 
@@ -51,12 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["Proxy"]
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
-
-
-class RequestTimeout(GatewayError):
-    """The client stopped sending its body for longer than ``idle``."""
-
-    code, status = "request_timeout", 408
 
 
 @dataclass(slots=True)
@@ -75,7 +69,6 @@ class Exchange:
     error: str | None = None
     source: str = "gateway"
     headers_sent_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -190,8 +183,7 @@ class Proxy:
         except GatewayError as err:
             response = self._refuse(err, ex)
         except Exception:  # a bug: answer 500, keep serving
-            event("unexpected error", logging.ERROR, request_id=rid, exc_info=True)
-            logging.getLogger("gateway").exception("unexpected error serving %s", rid)
+            log.exception("unexpected error in the gateway", extra={"fields": {"request_id": rid}})
             response = self._refuse(GatewayError("internal error in the gateway"), ex)
         self._finish(ex)
         return response
