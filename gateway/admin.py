@@ -1,7 +1,8 @@
 """The admin port: probes, health, metrics, configuration, breakers and reload (contract §4).
 
 Owns the admin ``web.Application``: GET /livez, /readyz, /health, /metrics, /admin/config,
-/admin/breakers, and POST /admin/reload, /admin/breakers/{name}/reset and /open. POSTs need
+/admin/breakers, /admin/cache, and POST /admin/reload, /admin/breakers/{name}/reset and /open,
+/admin/cache/purge. POSTs need
 ``Authorization: Bearer <admin.token>`` when a token is set, compared in constant time. The
 admin app shares nothing with the proxy port: the proxy never serves these paths.
 """
@@ -105,6 +106,48 @@ async def breaker_action(request: web.Request) -> web.Response:
     return _json(breaker.snapshot())
 
 
+async def cache(request: web.Request) -> web.Response:
+    return _json(_gateway(request).state.cache.snapshot())
+
+
+async def cache_purge(request: web.Request) -> web.Response:
+    """Delete entries by upstream and/or gateway path prefix (both optional: everything)."""
+    gw = _gateway(request)
+    raw = await request.read()
+    try:
+        spec = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return _error(
+            400,
+            "bad_request",
+            'the body must be JSON like {"upstream": "supabase", "path_prefix": "/supabase/rest/v1/"}',
+        )
+    if not isinstance(spec, dict):
+        return _error(400, "bad_request", "the body must be a JSON object")
+    unknown = sorted(set(spec) - {"upstream", "path_prefix"})
+    if unknown:
+        return _error(400, "bad_request", f"unknown keys {unknown}; allowed: upstream, path_prefix")
+    upstream, prefix = spec.get("upstream"), spec.get("path_prefix")
+    if upstream is not None and not isinstance(upstream, str):
+        return _error(400, "bad_request", "upstream must be a string")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix.startswith("/")):
+        return _error(400, "bad_request", "path_prefix must be a string starting with '/'")
+    upstreams = gw.state.runtime.upstreams
+    if upstream is not None and upstream not in upstreams:
+        return _error(404, "no_upstream", f"no upstream named {upstream!r}")
+    prefixes = {name: up.policy.prefix.rstrip("/") for name, up in upstreams.items()}
+
+    def match(name: str, path: str) -> bool:
+        # path_prefix is a path as the backend calls the gateway: the upstream's prefix included.
+        return prefix is None or (prefixes.get(name, "\0") + path).startswith(prefix)
+
+    try:
+        deleted = await gw.state.cache.purge(upstream, match)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        return _error(503, "store_unavailable", f"the cache store did not answer: {type(exc).__name__}")
+    return _json({"deleted": deleted, "upstream": upstream, "path_prefix": prefix})
+
+
 def build_admin_app(gateway: Gateway) -> web.Application:
     """The admin application for ``gateway``."""
     app = web.Application(middlewares=[require_token])
@@ -117,4 +160,6 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/admin/reload", reload)
     app.router.add_get("/admin/breakers", breakers)
     app.router.add_post("/admin/breakers/{name}/{action:reset|open}", breaker_action)
+    app.router.add_get("/admin/cache", cache)
+    app.router.add_post("/admin/cache/purge", cache_purge)
     return app

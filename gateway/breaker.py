@@ -238,6 +238,10 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ the request path
 
+    def counts_as_failure(self, outcome: Outcome) -> bool:
+        """Whether ``outcome`` is in ``failure_on`` (also what ``stale_if_error`` covers)."""
+        return self._failure_on.matches(outcome)
+
     def acquire(self) -> Permit:
         """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
         the current recovery delay as a hint when forced open), or when half-open with all

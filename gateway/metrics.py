@@ -88,6 +88,19 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_requests = Counter(
+            "gateway_cache_requests_total",
+            "Requests on cacheable routes, by result: hit, miss, stale, bypass, revalidated, or collapsed "
+            "(waited for the same request in flight).",
+            ["upstream", "route", "result"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors_total",
+            "Failed calls to a state store (the request went on without it), by store and operation.",
+            ["store", "op"],
+            registry=r,
+        )
         self.breaker_transitions = Counter(
             "gateway_breaker_transitions_total",
             "Circuit breaker state changes, by the state entered (closed, half_open, open).",
@@ -98,6 +111,10 @@ class Metrics:
     def watch_breakers(self, source: Callable[[], Iterable[CircuitBreaker]]) -> None:
         """Export ``gateway_breaker_state`` for the breakers ``source`` returns, read at scrape time."""
         self.registry.register(_BreakerStates(source))
+
+    def watch_cache(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Export ``gateway_cache_entries`` and ``gateway_cache_bytes`` from ``source()``, read at scrape time."""
+        self.registry.register(_CacheSize(source))
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -121,3 +138,17 @@ class _BreakerStates(Collector):
         for breaker in self.source():
             family.add_metric([breaker.upstream, breaker.route], STATE_VALUES[breaker.state])
         yield family
+
+
+class _CacheSize(Collector):
+    """``gateway_cache_entries`` and ``gateway_cache_bytes``: read from the store when scraped."""
+
+    def __init__(self, source: Callable[[], tuple[int, int]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        entries, size = self.source()
+        yield GaugeMetricFamily("gateway_cache_entries", "Answers held by the cache store.", value=entries)
+        yield GaugeMetricFamily(
+            "gateway_cache_bytes", "Bytes held by the cache store (bodies, headers, bookkeeping).", value=size
+        )

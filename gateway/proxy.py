@@ -1,19 +1,28 @@
 """The proxy handler: the request path, read top to bottom.
 
-    hygiene → route → body size → fault → rate limit → breaker → bulkhead
-            → tries (retry loop; one breaker sample per try) → relay the answer
+    hygiene → route → body size → cache (GET/HEAD on a route with ``cache:``)
+            → fault → rate limit → breaker → bulkhead
+            → tries (retry loop; one breaker sample per try) → relay, or store and answer
+            → on a 2xx write: invalidate cached entries
 
 Each stage either passes the exchange on or raises a ``GatewayError``, which ``handle`` turns
 into the contract's JSON answer. ``handle`` also writes the access-log line and the request
-metrics, whatever happened. The body is read into memory only when it is small enough to replay
+metrics, whatever happened. The cache comes before the rate limit and the breaker: a hit costs
+the upstream nothing, and an open breaker or a failing upstream can still be answered STALE.
+
+The request body is read into memory only when it is small enough to replay
 (``max_replay_body``); otherwise it streams, once. Answers stream back chunk by chunk as they
 arrive (server-sent events included); nothing is buffered whole except an error body of at most
-64 KiB read to find its API code.
+64 KiB read to find its API code, and an answer being cached (at most ``max_entry_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import dataclasses
+import logging
 import re
 import time
 import uuid
@@ -23,13 +32,19 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import cache as cachemod
 from . import outcomes
+from .cache import FlightResult, Shared
+from .cachestore import Entry
+from .config import Cache as CachePolicy
 from .errors import (
     BadRequest,
     BodyTooLarge,
     BreakerOpen,
     Draining,
+    FaultInjected,
     GatewayError,
     NoRoute,
     RequestTimeout,
@@ -39,7 +54,7 @@ from .errors import (
     error_response,
 )
 from .hygiene import check_request, request_headers, response_headers
-from .logs import access_log, log, redact_query
+from .logs import access_log, event, log, redact_query
 from .metrics import method_label
 from .outcomes import Outcome
 
@@ -51,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["Proxy"]
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_READS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(slots=True)
@@ -90,7 +106,9 @@ class Attempt:
 class RequestBody:
     """The client's body: bytes when small enough to replay, else a one-shot stream."""
 
-    def __init__(self, request: web.BaseRequest, data: bytes | None, prefix: bytes, limit: int, idle: float) -> None:
+    def __init__(
+        self, request: web.BaseRequest | None, data: bytes | None, prefix: bytes, limit: int, idle: float
+    ) -> None:
         self._request = request
         self.data = data
         self._prefix = prefix
@@ -136,13 +154,19 @@ class RequestBody:
         """Whether another try can send the same body: bytes, or a stream not yet started."""
         return self.data is not None or not self.started
 
+    @classmethod
+    def empty(cls) -> RequestBody:
+        """No body (a background refresh's GET)."""
+        return cls(None, None, b"", 0, 0.0)
+
     def payload(self) -> bytes | AsyncIterator[bytes] | None:
         """What the client library sends: the bytes, or the stream (once)."""
-        if self.data is not None or not self._request.body_exists:
+        if self.data is not None or self._request is None or not self._request.body_exists:
             return self.data
         return self._stream()
 
     async def _stream(self) -> AsyncIterator[bytes]:
+        assert self._request is not None
         self.started = True
         sent = len(self._prefix)
         if self._prefix:
@@ -161,6 +185,23 @@ class RequestBody:
                 self.too_large = True  # the upstream gets a truncated body, never a complete one
                 raise BodyTooLarge(f"the request body is over the limit of {self._limit} bytes")
             yield chunk
+
+
+@dataclass(slots=True)
+class Call:
+    """One request bound for an upstream: what the tries need, decided once in ``_serve``."""
+
+    method: str
+    upstream: Upstream
+    route: Route
+    path: str  # as the upstream receives it: raw, prefix removed, no query
+    query: str | None
+    params: dict[str, str]
+    client_headers: CIMultiDictProxy[str]  # as the client sent them (cache keys read these)
+    headers: CIMultiDict[str]  # as the upstream receives them
+    body: RequestBody
+    deadline: float
+    ex: Exchange
 
 
 class Proxy:
@@ -206,23 +247,31 @@ class Proxy:
         body = await RequestBody.read(
             request, policy.limits.max_request_body, policy.retry.max_replay_body, policy.timeouts.idle
         )
+        headers = request_headers(request.headers, ex.request_id, upstream.policy.set_headers)
+        if upstream.policy.forwarded_headers:
+            _add_forwarded(headers, request)
         query = raw_target.partition("?")[2] if "?" in raw_target else None
-        if route.fault is not None:
-            await route.fault.apply(upstream.name)
-        if route.limiter is not None:
-            key = policy.rate_limit.key if policy.rate_limit is not None else None
-            await route.limiter.acquire(match.params.get(key) if key else None, upstream.name)
-        permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
-        upstream.inflight += 1
-        self.metrics.inflight.labels(upstream.name).inc()
-        try:
-            async with upstream.bulkhead.slot(upstream.name):
-                attempt = await self._tries(request, upstream, route, match.path, query, body, deadline, ex, permit)
-                return await self._relay(request, upstream, route, attempt, ex)
-        finally:
-            permit.release()  # a no-op once the try recorded its outcome
-            upstream.inflight -= 1
-            self.metrics.inflight.labels(upstream.name).dec()
+        call = Call(
+            request.method,
+            upstream,
+            route,
+            match.path,
+            query,
+            match.params,
+            request.headers,
+            headers,
+            body,
+            deadline,
+            ex,
+        )
+        if policy.cache is not None:
+            if request.method in _READS:
+                return await self._cached(request, call, policy.cache)
+            ex.cache = "BYPASS"
+        async with self._upstream(call) as attempt:
+            if request.method not in _READS and attempt.response is not None and 200 <= attempt.response.status < 300:
+                await self._invalidate(call)
+            return await self._relay(request, call, attempt)
 
     @staticmethod
     def _total(request: web.BaseRequest, total: float) -> float:
@@ -234,33 +283,42 @@ class Proxy:
             raise BadRequest(f"x-gateway-timeout-ms must be a positive whole number of milliseconds, got {asked!r}")
         return min(total, int(asked) / 1000)
 
-    async def _tries(
-        self,
-        request: web.BaseRequest,
-        upstream: Upstream,
-        route: Route,
-        path: str,
-        query: str | None,
-        body: RequestBody,
-        deadline: float,
-        ex: Exchange,
-        permit: Permit,
-    ) -> Attempt:
+    @contextlib.asynccontextmanager
+    async def _upstream(self, call: Call) -> AsyncIterator[Attempt]:
+        """fault → rate limit → breaker → bulkhead → tries. Yields the last try; its bulkhead slot
+        and breaker permit are held until the caller has relayed (or read) its answer."""
+        upstream, route = call.upstream, call.route
+        if route.fault is not None:
+            await route.fault.apply(upstream.name)
+        if route.limiter is not None:
+            rate = route.policy.rate_limit
+            key = rate.key if rate is not None else None
+            await route.limiter.acquire(call.params.get(key) if key else None, upstream.name)
+        permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
+        upstream.inflight += 1
+        self.metrics.inflight.labels(upstream.name).inc()
+        try:
+            async with upstream.bulkhead.slot(upstream.name):
+                yield await self._tries(call, permit)
+        finally:
+            permit.release()  # a no-op once the try recorded its outcome
+            upstream.inflight -= 1
+            self.metrics.inflight.labels(upstream.name).dec()
+
+    async def _tries(self, call: Call, permit: Permit) -> Attempt:
         """The retry loop: try, ask the retry policy, wait, try again; return the last try.
 
         ``permit`` is the breaker's for the first try; each retry asks the breaker again and the
         loop stops, returning the last answer, when the breaker refuses.
         """
+        upstream, route, body, ex = call.upstream, call.route, call.body, call.ex
         policy = route.policy
-        headers = request_headers(request.headers, ex.request_id, upstream.policy.set_headers)
-        if upstream.policy.forwarded_headers:
-            _add_forwarded(headers, request)
-        url = upstream.url_for(path, query)
+        url = upstream.url_for(call.path, call.query)
         route.retry.budget.record_request()
         labels = (upstream.name, policy.name)
         while True:
             ex.attempts += 1
-            attempt = await self._try(request.method, url, headers, upstream, route, body, deadline)
+            attempt = await self._try(call.method, url, call.headers, upstream, route, body, call.deadline)
             self.metrics.tries.labels(*labels, attempt.outcome.label).inc()
             if body.too_large or body.stalled:  # the client's fault, not the upstream's: no sample
                 permit.release()
@@ -270,11 +328,11 @@ class Proxy:
                 raise RequestTimeout(f"the client sent no body data for {policy.timeouts.idle:g}s")
             permit.record(attempt.outcome)
             decision = route.retry.decide(
-                request.method,
+                call.method,
                 attempt.outcome,
                 ex.attempts,
                 attempt.retry_after,
-                deadline - time.monotonic(),
+                call.deadline - time.monotonic(),
                 body.replayable,
             )
             if decision.skipped:
@@ -336,26 +394,17 @@ class Proxy:
             )
         return Attempt(Outcome("response", response.status, code), response, peeked, retry_after)
 
-    async def _relay(
-        self,
-        request: web.BaseRequest,
-        upstream: Upstream,
-        route: Route,
-        attempt: Attempt,
-        ex: Exchange,
-    ) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, call: Call, attempt: Attempt) -> web.StreamResponse:
         """Send the last try's answer to the client as it streams in; or its failure as an error."""
         answer = attempt.response
+        ex = call.ex
         if answer is None:
-            raise _failure(attempt, upstream.name, ex.attempts, route.policy.timeouts.per_try)
+            raise _failure(attempt, call.upstream.name, ex.attempts, call.route.policy.timeouts.per_try)
         ex.source = "upstream"
         ex.status = answer.status
-        headers = response_headers(answer.headers)
-        headers["x-request-id"] = ex.request_id
-        headers["x-gateway-upstream"] = upstream.name
-        headers["x-gateway-attempts"] = str(ex.attempts)
+        headers = self._stamp(response_headers(answer.headers), ex, ex.attempts)
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        idle = route.policy.timeouts.idle
+        idle = call.route.policy.timeouts.idle
         try:
             await response.prepare(request)
             ex.headers_sent_at = time.monotonic()
@@ -380,6 +429,245 @@ class Proxy:
             answer.release()
         return response
 
+    @staticmethod
+    def _stamp(headers: CIMultiDict[str], ex: Exchange, attempts: int) -> CIMultiDict[str]:
+        """Add the gateway's own answer headers."""
+        headers["x-request-id"] = ex.request_id
+        headers["x-gateway-upstream"] = ex.upstream
+        headers["x-gateway-attempts"] = str(attempts)
+        if ex.cache is not None:
+            headers["x-gateway-cache"] = ex.cache
+        return headers
+
+    # ------------------------------------------------------------------ the cache stage
+
+    async def _cached(self, request: web.BaseRequest, call: Call, policy: CachePolicy) -> web.StreamResponse:
+        """GET or HEAD on a route with ``cache:``: answer from the cache, or fetch (once per key)."""
+        cache, ex = self.state.cache, call.ex
+        wants = cachemod.asked(call.client_headers)
+        if wants.no_store:
+            ex.cache = "BYPASS"
+            self._counted(call, "bypass")
+            async with self._upstream(call) as attempt:
+                return await self._relay(request, call, attempt)
+        up = call.upstream.name
+        primary = cachemod.primary_key(up, call.path, call.query, policy.vary, call.client_headers)
+        entry = await cache.lookup(primary, call.client_headers)
+        stale: Entry | None = None
+        if entry is not None:
+            age = entry.age(cache.clock())
+            if not wants.no_cache:
+                if age < entry.ttl:
+                    return self._from_entry(call, entry, "HIT")
+                if age < entry.ttl + policy.stale_while_revalidate:
+                    self._refresh_later(call, primary, policy)
+                    return self._from_entry(call, entry, "STALE")
+            if age < entry.ttl + policy.stale_if_error:
+                stale = entry
+        ex.cache = "REVALIDATED" if wants.no_cache else "MISS"
+        if call.method == "HEAD":  # answered from a GET entry when there is one; a miss is not stored
+            return await self._fetch(request, call, primary, policy, stale, store=False)
+        flight = cache.flights.get(primary)
+        if flight is not None and not wants.no_cache:
+            return await self._wait(request, call, flight, primary, policy, stale)
+        return await self._fetch(request, call, primary, policy, stale, store=True)
+
+    async def _fetch(
+        self,
+        request: web.BaseRequest,
+        call: Call,
+        primary: str,
+        policy: CachePolicy,
+        stale: Entry | None,
+        store: bool,
+    ) -> web.StreamResponse:
+        """Go upstream for a cache miss; store what may be stored; serve ``stale`` on failure.
+
+        With ``store``, this request leads: others asking for the same key meanwhile wait for
+        it and get what it got (``_wait``).
+        """
+        cache = self.state.cache
+        flight: asyncio.Future[FlightResult] | None = None
+        if store and primary not in cache.flights:
+            flight = cache.flights[primary] = asyncio.get_running_loop().create_future()
+        shared: FlightResult = None
+        epoch = cache.epoch(call.upstream.name)
+        try:
+            async with self._upstream(call) as attempt:
+                if attempt.response is None:
+                    raise _failure(attempt, call.upstream.name, call.ex.attempts, call.route.policy.timeouts.per_try)
+                if stale is not None and call.route.breaker.counts_as_failure(attempt.outcome):
+                    attempt.discard()
+                    shared = cachemod.STALE
+                    return self._from_entry(call, stale, "STALE")
+                if store:
+                    got = await self._take(call, attempt, primary, policy, epoch)
+                    if got is not None:
+                        shared = got
+                        return self._from_shared(call, got, call.ex.attempts)
+                return await self._relay(request, call, attempt)
+        except GatewayError as err:
+            if stale is not None and self._stale_worthy(call, err):
+                shared = cachemod.STALE
+                return self._from_entry(call, stale, "STALE")
+            shared = err
+            raise
+        finally:
+            if shared is not cachemod.STALE:  # a STALE answer was counted as such
+                self._counted(call, call.ex.cache.lower() if call.ex.cache else "miss")
+            if flight is not None:
+                del cache.flights[primary]
+                flight.set_result(shared)
+
+    async def _wait(
+        self,
+        request: web.BaseRequest,
+        call: Call,
+        flight: asyncio.Future[FlightResult],
+        primary: str,
+        policy: CachePolicy,
+        stale: Entry | None,
+    ) -> web.StreamResponse:
+        """Another request is fetching this key: wait for it and reuse what it got."""
+        try:
+            async with asyncio.timeout(max(0.0, call.deadline - time.monotonic())):
+                result = await asyncio.shield(flight)
+        except TimeoutError:
+            result = UpstreamTimeout(
+                "the total timeout ran out waiting for the same request in flight", upstream=call.upstream.name
+            )
+        if isinstance(result, cachemod.Shared):
+            if result.key == cachemod.full_key(primary, result.vary, call.client_headers):
+                self._counted(call, "collapsed")
+                return self._from_shared(call, result, result.attempts, source="cache")
+        elif isinstance(result, GatewayError):
+            if stale is not None and self._stale_worthy(call, result):
+                return self._from_entry(call, stale, "STALE")
+            raise copy.copy(result)
+        elif result is cachemod.STALE and stale is not None:
+            return self._from_entry(call, stale, "STALE")
+        # Nothing this request may reuse (a streamed answer, another Vary value): fetch alone.
+        return await self._fetch(request, call, primary, policy, stale, store=False)
+
+    async def _take(self, call: Call, attempt: Attempt, primary: str, policy: CachePolicy, epoch: int) -> Shared | None:
+        """Read the answer whole when it may be stored (up to ``max_entry_bytes``) or is an error
+        (up to 64 KiB), store it when the rules allow, and return it for this request and the
+        waiters. None: too large or not shareable — the caller streams it (``attempt.peeked``
+        holds what was read)."""
+        cache = self.state.cache
+        answer = attempt.response
+        assert answer is not None
+        ruling = cachemod.verdict(answer.status, answer.headers, policy)
+        if ruling.store:
+            limit = cache.max_entry_bytes
+        elif answer.status >= 400 and "text/event-stream" not in answer.headers.get("content-type", ""):
+            limit = outcomes.ERROR_PEEK_BYTES
+        else:
+            return None
+        body, complete = await _read_upto(answer, attempt.peeked, limit, call.route.policy.timeouts.idle, call)
+        if not complete:
+            attempt.peeked = body
+            return None
+        answer.release()
+        headers = response_headers(answer.headers)
+        key = cachemod.full_key(primary, ruling.vary, call.client_headers)
+        if ruling.store:
+            entry = cachemod.make_entry(
+                call.upstream.name,
+                call.path,
+                answer.status,
+                answer.reason or "",
+                headers,
+                body,
+                cache.clock(),
+                ruling,
+                policy,
+            )
+            await cache.put(primary, key, entry, epoch)
+        return cachemod.Shared(answer.status, answer.reason or "", headers, body, ruling.vary, key, call.ex.attempts)
+
+    def _refresh_later(self, call: Call, primary: str, policy: CachePolicy) -> None:
+        """stale_while_revalidate: refresh the entry in the background, once per key at a time."""
+        cache = self.state.cache
+        if primary in cache.refreshing or primary in cache.flights:
+            return
+        cache.refreshing.add(primary)
+        ex = Exchange(call.ex.request_id, time.monotonic(), "GET", call.ex.path, call.ex.upstream, call.ex.route)
+        background = dataclasses.replace(
+            call,
+            method="GET",
+            client_headers=CIMultiDictProxy(CIMultiDict(call.client_headers)),
+            headers=CIMultiDict(call.headers),
+            body=RequestBody.empty(),
+            deadline=ex.start + call.route.policy.timeouts.total,
+            ex=ex,
+        )
+        cache.spawn(self._refresh(background, primary, policy))
+
+    async def _refresh(self, call: Call, primary: str, policy: CachePolicy) -> None:
+        cache = self.state.cache
+        cache.count(call.upstream.name, "refresh")
+        outcome = "refreshed"
+        try:
+            epoch = cache.epoch(call.upstream.name)
+            async with self._upstream(call) as attempt:
+                if attempt.response is None:
+                    outcome = attempt.outcome.label
+                else:
+                    got = await self._take(call, attempt, primary, policy, epoch)
+                    if got is None:
+                        attempt.discard()
+                    outcome = str(attempt.response.status)
+        except GatewayError as err:
+            outcome = err.code
+        finally:
+            cache.refreshing.discard(primary)
+        event(
+            "cache refresh",
+            logging.DEBUG,
+            request_id=call.ex.request_id,
+            upstream=call.upstream.name,
+            route=call.route.policy.name,
+            result=outcome,
+        )
+
+    async def _invalidate(self, call: Call) -> None:
+        """A 2xx write: delete its upstream's entries at its own path and at ``invalidates:``."""
+        patterns = [p.fill(call.params) for p in call.route.policy.invalidates]
+        own = call.path
+
+        def doomed(_upstream: str, path: str) -> bool:
+            return path == own or any(p.match(path) is not None for p in patterns)
+
+        await self.state.cache.invalidate(call.upstream.name, doomed)
+
+    def _stale_worthy(self, call: Call, err: GatewayError) -> bool:
+        """Failures that ``stale_if_error`` covers: the upstream's, or the breaker's."""
+        if isinstance(err, (BreakerOpen, UpstreamUnreachable, UpstreamTimeout, UpstreamReset)):
+            return True
+        if isinstance(err, FaultInjected):  # a rehearsed outage: as if the upstream answered so
+            return call.route.breaker.counts_as_failure(Outcome("response", err.status))
+        return False
+
+    def _from_entry(self, call: Call, entry: Entry, label: str) -> web.Response:
+        ex = call.ex
+        ex.cache, ex.source, ex.status = label, "cache", entry.status
+        self._counted(call, label.lower())
+        headers = self._stamp(CIMultiDict(entry.headers), ex, 0)
+        headers["Age"] = str(int(entry.age(self.state.cache.clock())))
+        return web.Response(status=entry.status, reason=entry.reason or None, headers=headers, body=entry.body)
+
+    def _from_shared(self, call: Call, shared: Shared, attempts: int, source: str = "upstream") -> web.Response:
+        ex = call.ex
+        ex.source, ex.status = source, shared.status
+        headers = self._stamp(CIMultiDict(shared.headers), ex, attempts)
+        headers.popall("content-length", None)
+        return web.Response(status=shared.status, reason=shared.reason or None, headers=headers, body=shared.body)
+
+    def _counted(self, call: Call, result: str) -> None:
+        self.state.cache.count(call.upstream.name, result)
+        self.metrics.cache_requests.labels(call.upstream.name, call.route.policy.name, result).inc()
+
     # ------------------------------------------------------------------ answers and records
 
     def _refuse(self, err: GatewayError, ex: Exchange) -> web.Response:
@@ -391,6 +679,8 @@ class Proxy:
         if ex.upstream != "-":
             headers["x-gateway-upstream"] = ex.upstream
             headers["x-gateway-attempts"] = str(ex.attempts)
+        if ex.cache is not None:
+            headers["x-gateway-cache"] = ex.cache
         ex.status, ex.error, ex.source = err.status, err.code, "gateway"
         if not ex.attempts and ex.upstream != "-":
             self.metrics.rejected.labels(ex.upstream, err.code).inc()
@@ -419,6 +709,37 @@ class Proxy:
                 "error": ex.error,
             }
         )
+
+
+async def _read_upto(
+    answer: aiohttp.ClientResponse, prefix: bytes, limit: int, idle: float, call: Call
+) -> tuple[bytes, bool]:
+    """Read the answer's body after ``prefix`` until its end or past ``limit`` bytes.
+
+    Returns (bytes read, whether that is the whole body). Nothing has gone to the client yet, so
+    a failure here is the upstream's: UpstreamTimeout (idle) or UpstreamReset, answer closed."""
+    buf = bytearray(prefix)
+    name = call.upstream.name
+    try:
+        while len(buf) <= limit:
+            async with asyncio.timeout(idle):
+                chunk = await answer.content.read(limit + 1 - len(buf))
+            if not chunk:
+                return bytes(buf), True
+            buf += chunk
+    except TimeoutError:
+        answer.close()
+        raise UpstreamTimeout(
+            f"upstream {name!r} sent no body data for {idle:g}s", upstream=name, attempts=call.ex.attempts
+        ) from None
+    except (aiohttp.ClientError, OSError):
+        answer.close()
+        raise UpstreamReset(
+            f"upstream {name!r} dropped the connection before a complete answer",
+            upstream=name,
+            attempts=call.ex.attempts,
+        ) from None
+    return bytes(buf), False
 
 
 async def _peek(response: aiohttp.ClientResponse) -> bytes:

@@ -132,7 +132,7 @@ class Router(Generic[T, R]):
     """Upstream by prefix, then the first matching route.
 
     ``upstreams`` is a sequence of (prefix, upstream, routes), where routes is a sequence of
-    (methods, pattern, route); empty methods mean any method.
+    (methods, pattern, route); empty methods mean any method, and a route for GET also serves HEAD.
     """
 
     def __init__(
@@ -153,8 +153,8 @@ class Router(Generic[T, R]):
             else:
                 continue
             for methods, pattern, route in routes:
-                if methods and method not in methods:
-                    continue
+                if methods and method not in methods and not (method == "HEAD" and "GET" in methods):
+                    continue  # a route for GET also serves HEAD
                 params = pattern.match(rest)
                 if params is not None:
                     return Match(upstream, route, params, rest)

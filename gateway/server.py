@@ -23,6 +23,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .admin import build_admin_app
+from .cache import ResponseCache
+from .cachestore import MemoryStore
 from .config import Config, load_config
 from .errors import BadRequest, BodyTooLarge, ConfigError, GatewayError, error_response
 from .logs import configure, event
@@ -38,10 +40,11 @@ __all__ = ["Gateway", "State"]
 
 @dataclass(slots=True)
 class State:
-    """What the request path reads from the process: the current runtime, metrics, drain flag."""
+    """What the request path reads from the process: the current runtime, metrics, cache, drain flag."""
 
     runtime: Runtime
     metrics: Metrics
+    cache: ResponseCache
     draining: bool = False
     inflight: int = 0
 
@@ -96,8 +99,9 @@ class Gateway:
     def __init__(self, config: Config, path: str | None = None) -> None:
         self.path = path
         self.metrics = Metrics()
-        self.state = State(Runtime(config, hook=self._breaker_moved), self.metrics)
+        self.state = State(Runtime(config, hook=self._breaker_moved), self.metrics, build_cache(config, self.metrics))
         self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
+        self.metrics.watch_cache(self._cache_size)
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
@@ -133,6 +137,7 @@ class Gateway:
         )
         if config.watch and self.path:
             self._listeners.tasks.append(asyncio.create_task(self._watch()))
+        self._listeners.tasks.append(asyncio.create_task(self._prune_cache()))
 
     def _counted(self, handler: Any) -> Any:
         state = self.state
@@ -216,7 +221,18 @@ class Gateway:
             await self._listeners.proxy_runner.cleanup()
         if self._listeners.admin_runner is not None:
             await self._listeners.admin_runner.cleanup()
+        await self.state.cache.close()
         await self.state.runtime.close()
+
+    def _cache_size(self) -> tuple[int, int]:
+        stats = self.state.cache.store.stats()
+        return stats.entries, stats.bytes
+
+    async def _prune_cache(self) -> None:
+        """Drop expired entries (past ttl + stale windows) once a minute, so they free memory unread."""
+        while True:
+            await asyncio.sleep(60)
+            self.state.cache.prune()
 
     def _breaker_moved(self, breaker: CircuitBreaker, before: str, after: str) -> None:
         self.metrics.breaker_transitions.labels(breaker.upstream, breaker.route, after).inc()
@@ -278,6 +294,7 @@ class Gateway:
         new = Runtime(config, old, hook=self._breaker_moved)
         changes = _changes(old.config, config)
         self.state.runtime = new
+        await self._drop_cached(old, new)
         self._mtime = _mtime(self.path)
         configure(config.log.level, config.log.format, config.log.access_log)
         self.metrics.reloads.labels("ok").inc()
@@ -286,6 +303,14 @@ class Gateway:
             self._spawn(new.close_retired(grace=300))
         return True, changes
 
+    async def _drop_cached(self, old: Runtime, new: Runtime) -> None:
+        """Cache state survives a reload only for upstreams whose ``url`` did not change."""
+        for name, up in old.upstreams.items():
+            kept = new.upstreams.get(name)
+            if kept is None or kept.policy.url != up.policy.url:
+                with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+                    await self.state.cache.purge(name, lambda _u, _p: True)
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -293,6 +318,17 @@ class Gateway:
             if current != self._mtime:
                 self._mtime = current
                 await self.reload(source="watch")
+
+
+def build_cache(config: Config, metrics: Metrics) -> ResponseCache:
+    """The process's response cache on the configured store."""
+    spec = config.cache_store
+    store = MemoryStore(spec.max_entries, spec.max_bytes)
+
+    def store_failed(kind: str, op: str, exc: BaseException) -> None:
+        metrics.store_errors.labels(kind, op).inc()
+
+    return ResponseCache(store, spec.max_entry_bytes, on_store_error=store_failed)
 
 
 def _mtime(path: str | None) -> float | None:
