@@ -7,6 +7,8 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``config``: gateway.yaml → validated models → finished per-route policies
 - ``hygiene``: refusals and header filters;  ``routing``: prefixes and path patterns
 - ``proxy``: the request path;  ``retry``: when to try again;  ``outcomes``: what a try came to
+- ``cache``: HTTP cache rules, keys, collapsing;  ``cachestore``: where entries live (memory)
+- ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
 - ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 """

@@ -600,6 +600,11 @@ def _cross_checks(config: Config) -> list[str]:
     redis = config.cache_store.type == "redis"
     if redis and not config.cache_store.url:
         problems.append("cache_store.url: required when cache_store.type is redis")
+    if config.cache_store.max_entry_bytes > config.cache_store.max_bytes:
+        problems.append(
+            f"cache_store.max_entry_bytes: {config.cache_store.max_entry_bytes} bytes is over "
+            f"max_bytes ({config.cache_store.max_bytes} bytes)"
+        )
     prefixes: dict[str, str] = {}
     for name, up in config.upstreams.items():
         prefix = up.prefix or f"/{name}"

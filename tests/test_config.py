@@ -110,6 +110,11 @@ BROKEN = [
         "cache_store.max_bytes: expected a size like '1MiB' (units B KB MB GB KiB MiB GiB), got '64MB5'",
     ),
     Broken(
+        "entry_over_store",
+        "cache_store: {max_bytes: 1MiB, max_entry_bytes: 2MiB}\n",
+        "cache_store.max_entry_bytes: 2097152 bytes is over max_bytes (1048576 bytes)",
+    ),
+    Broken(
         "missing_env_var",
         "upstreams:\n  a:\n    url: ${GW_TEST_UNSET_URL}\n",
         "upstreams.a.url: environment variable GW_TEST_UNSET_URL is not set and has no default",
