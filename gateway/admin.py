@@ -107,7 +107,9 @@ async def breaker_action(request: web.Request) -> web.Response:
 
 
 async def cache(request: web.Request) -> web.Response:
-    return _json(_gateway(request).state.cache.snapshot())
+    response_cache = _gateway(request).state.cache
+    await response_cache.refresh_stats()
+    return _json(response_cache.snapshot())
 
 
 async def cache_purge(request: web.Request) -> web.Response:

@@ -61,11 +61,20 @@ PROBE_SUCCESS: Final = "probe_success"  # half-open: a probe's outcome was a suc
 PROBE_FAILURE: Final = "probe_failure"  # half-open: a probe's outcome was a failure
 RESET: Final = "reset"  # admin: close
 FORCE_OPEN: Final = "force_open"  # admin: open for maintenance, until reset
+PEER_OPEN: Final = "peer_open"  # shared: another replica's breaker opened
+PEER_CLOSE: Final = "peer_close"  # shared: another replica's probe succeeded (or it was reset)
 
 TRANSITIONS: Final[dict[str, dict[str, str]]] = {
-    CLOSED: {TRIP: OPEN, FORCE_OPEN: OPEN},
-    OPEN: {RECOVERY_ELAPSED: HALF_OPEN, RESET: CLOSED},
-    HALF_OPEN: {PROBE_SUCCESS: CLOSED, PROBE_FAILURE: OPEN, RESET: CLOSED, FORCE_OPEN: OPEN},
+    CLOSED: {TRIP: OPEN, FORCE_OPEN: OPEN, PEER_OPEN: OPEN},
+    OPEN: {RECOVERY_ELAPSED: HALF_OPEN, RESET: CLOSED, PEER_CLOSE: CLOSED},
+    HALF_OPEN: {
+        PROBE_SUCCESS: CLOSED,
+        PROBE_FAILURE: OPEN,
+        RESET: CLOSED,
+        FORCE_OPEN: OPEN,
+        PEER_OPEN: OPEN,
+        PEER_CLOSE: CLOSED,
+    },
 }
 """state → event → next state. A pair not listed is an illegal move."""
 
@@ -159,6 +168,8 @@ class CircuitBreaker:
         self.wall_clock = wall_clock
         self.on_transition = on_transition
         self._state: str = CLOSED
+        self.last_event: str | None = None  # the event of the latest transition
+        self.probe_gate = True  # shared breakers: False while another replica holds the probe lease
         self._epoch = 0
         self._forced = False
         self._probes = 0  # probe permits of the current half-open period not yet settled
@@ -265,11 +276,14 @@ class CircuitBreaker:
                 upstream=self.upstream,
                 retry_after=self._recovery,
             )
-        raise BreakerOpen(
-            f"circuit breaker {self.name} is open",
-            upstream=self.upstream,
-            retry_after=self.retry_after(),
-        )
+        wait = self.retry_after()
+        if not wait:  # recovery passed, but another replica holds the probe lease
+            raise BreakerOpen(
+                f"circuit breaker {self.name} is open; another replica is probing",
+                upstream=self.upstream,
+                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+            )
+        raise BreakerOpen(f"circuit breaker {self.name} is open", upstream=self.upstream, retry_after=wait)
 
     def _record(self, permit: Permit, outcome: Outcome) -> None:
         failure = self._failure_on.matches(outcome)
@@ -329,10 +343,61 @@ class CircuitBreaker:
             return
         self._open(FORCE_OPEN, forced=True)
 
+    # ------------------------------------------------------------------ other replicas (shared: true)
+
+    @property
+    def current(self) -> str:
+        """The state as last moved, without applying a due half-open (``state`` applies it)."""
+        return self._state
+
+    @property
+    def probes_in_flight(self) -> int:
+        return self._probes
+
+    def recovery_due(self, within: float = 0.0) -> bool:
+        """Open (not forced) with its recovery delay over, or over within ``within`` seconds."""
+        return (
+            self._state == OPEN
+            and not self._forced
+            and self._opened_at is not None
+            and self.clock() + within >= self._opened_at + self._recovery
+        )
+
+    @property
+    def opened_wall(self) -> float | None:
+        """Wall-clock time the breaker last opened (None when closed)."""
+        return self._opened_wall
+
+    def open_from_peer(self, remaining: float, recovery: float) -> None:
+        """Another replica opened this breaker: be open for ``remaining`` seconds, with its
+        ``recovery`` (so a failed probe here doubles from the same value). A breaker already open
+        only waits longer when the peer's wait ends later; a forced breaker is left alone."""
+        if self._forced or remaining <= 0:
+            return
+        self._maybe_half_open()
+        ends = None if self._opened_at is None else self._opened_at + self._recovery
+        if self._state == OPEN and ends is not None and ends >= self.clock() + remaining:
+            return
+        self._recovery = recovery
+        opened_ago = max(0.0, recovery - remaining)
+        self._opened_at = self.clock() - opened_ago
+        self._opened_wall = self.wall_clock() - opened_ago
+        if self._state != OPEN:
+            self._move(PEER_OPEN)
+
+    def close_from_peer(self) -> None:
+        """Another replica's probe succeeded (or an operator reset it there): close here too.
+        A forced breaker is left alone."""
+        self._maybe_half_open()
+        if self._forced or self._state == CLOSED:
+            return
+        self._close(PEER_CLOSE)
+
     # ------------------------------------------------------------------ transitions
 
     def _move(self, event: str) -> None:
         before = self._state
+        self.last_event = event
         self._state = next_state(before, event)
         self._epoch += 1
         self._probes = 0
@@ -357,6 +422,7 @@ class CircuitBreaker:
         if (
             self._state == OPEN
             and not self._forced
+            and self.probe_gate
             and self._opened_at is not None
             and self.clock() >= self._opened_at + self._recovery
         ):

@@ -302,6 +302,13 @@ class ResponseCache:
     def prune(self) -> int:
         return self.store.prune(self.clock())
 
+    async def refresh_stats(self) -> None:
+        """Recount a remote store's entries and bytes (a no-op for memory); errors are counted."""
+        try:
+            await self.store.refresh_stats()
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self._failed("stats", exc)
+
     def snapshot(self) -> dict[str, Any]:
         """For GET /admin/cache: what the store holds, and what the cache did, per upstream."""
         self.prune()

@@ -1,7 +1,8 @@
 """Cache stores: where cached answers live, behind one small async interface.
 
-Owns ``Entry`` (one stored answer and its metadata), the ``Store`` interface and ``MemoryStore``,
-the embedded default: a ``cachetools.LRUCache`` sized in bytes (``max_bytes``), also bounded by
+Owns ``Entry`` (one stored answer and its metadata), the ``Store`` interface, ``RedisStore`` (shared
+by replicas; ``FallbackStore`` answers from memory while Redis is down) and ``MemoryStore``, the
+embedded default: a ``cachetools.LRUCache`` sized in bytes (``max_bytes``), also bounded by
 ``max_entries``, least recently used evicted first. A store knows nothing of HTTP rules (those are
 in ``cache``); it keeps entries under opaque keys (SHA-256 digests, so no header value is ever
 held in clear), the ``Vary`` header names an upstream answered for a primary key, and an index
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
 
-__all__ = ["Entry", "MemoryStore", "Store", "StoreStats"]
+from .redislink import RedisLink, StoreUnavailable
+
+__all__ = ["Entry", "FallbackStore", "MemoryStore", "RedisStore", "Store", "StoreStats"]
 
 # Bookkeeping bytes counted per entry besides its body and headers (keys, index, object headers).
 ENTRY_OVERHEAD = 256
@@ -135,6 +140,10 @@ class Store(ABC):
         """Drop entries past ttl + keep; return how many. Remote stores expire on their own."""
         return 0
 
+    async def refresh_stats(self) -> StoreStats:
+        """``stats()``, first brought up to date when the store is remote."""
+        return self.stats()
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -239,3 +248,195 @@ class MemoryStore(Store):
     def vary_records(self) -> list[tuple[str, tuple[str, ...]]]:
         """Every (primary key, Vary names) held (for tests and inspection)."""
         return list(self._vary.items())
+
+
+# --------------------------------------------------------------------------- redis
+
+# put: the entry and its Vary names with the entry's lifetime, and the (upstream, path) index sets,
+# whose lifetime only grows. KEYS: entry, vary, path set, upstream set. ARGV: entry bytes, vary
+# JSON, lifetime ms, entry key, path.
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+local ms = tonumber(ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+if redis.call('PTTL', KEYS[3]) < ms then redis.call('PEXPIRE', KEYS[3], ms) end
+redis.call('SADD', KEYS[4], ARGV[5])
+if redis.call('PTTL', KEYS[4]) < ms then redis.call('PEXPIRE', KEYS[4], ms) end
+return 1
+"""
+
+
+class RedisStore(Store):
+    """Entries in Redis, shared by every replica. Keys, under ``prefix``:
+
+    - ``e:<key>``: the entry (``Entry.to_bytes``), expiring at ttl + keep;
+    - ``v:<primary>``: the upstream's Vary names for a primary key (JSON list);
+    - ``p:<upstream>:<path>``: the set of entry keys at a path, and ``u:<upstream>``: the set of
+      paths, for invalidation and purge. Stale members (expired entries) are harmless.
+
+    Keys are SHA-256 digests; paths appear in clear (they are the upstream's URLs, not header
+    values). Bounds are Redis's own (``maxmemory`` and its eviction policy); ``max_entry_bytes``
+    still applies. Single-node Redis (the multi-key script assumes one slot space).
+    """
+
+    kind = "redis"
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self._put = link.client.register_script(_PUT)
+        self._stats = StoreStats()
+
+    async def get(self, primary: str, key_for: KeyFor) -> Entry | None:
+        k = self.link.key
+        plain = key_for(())  # the key when the upstream sent no Vary: read with the Vary record, one round trip
+        vary_raw, data = await self.link.call("get", lambda r: r.mget([k("v", primary), k("e", plain)]))
+        if vary_raw is None:
+            return None
+        vary = tuple(json.loads(vary_raw))
+        if vary:
+            key = key_for(vary)
+            data = await self.link.call("get", lambda r: r.get(k("e", key)))
+        if data is None:
+            return None
+        return Entry.from_bytes(data if isinstance(data, bytes) else data.encode())
+
+    async def put(self, primary: str, key: str, entry: Entry) -> None:
+        k = self.link.key
+        lifetime = entry.stored_at + entry.ttl + entry.keep - time.time()
+        if lifetime <= 0:
+            return
+        keys = [k("e", key), k("v", primary), k("p", entry.upstream, entry.path), k("u", entry.upstream)]
+        args = [entry.to_bytes(), json.dumps(list(entry.vary)), max(1, int(lifetime * 1000)), key, entry.path]
+        await self.link.script("put", self._put, keys, args)
+
+    async def _upstreams(self) -> list[str]:
+        pattern = self.link.key("u", "*")
+        start = len(self.link.key("u", ""))
+
+        async def scan(r: Any) -> list[str]:
+            return [name.decode()[start:] async for name in r.scan_iter(match=pattern, count=500)]
+
+        names: list[str] = await self.link.call("scan", scan)
+        return names
+
+    async def _members(self, op: str, key: str) -> list[str]:
+        async def smembers(r: Any) -> list[str]:
+            return [m.decode() for m in await r.smembers(key)]
+
+        members: list[str] = await self.link.call(op, smembers)
+        return members
+
+    async def delete_where(self, upstream: str | None, match: PathFilter) -> int:
+        k = self.link.key
+        names = [upstream] if upstream is not None else await self._upstreams()
+        deleted = 0
+        for name in names:
+            for path in [p for p in await self._members("delete", k("u", name)) if match(name, p)]:
+                doomed = [k("e", key) for key in await self._members("delete", k("p", name, path))]
+                deleted += await self.link.call("delete", _dropper(doomed, k("p", name, path), k("u", name), path))
+        return deleted
+
+    def stats(self) -> StoreStats:
+        return self._stats
+
+    async def refresh_stats(self) -> StoreStats:
+        """Count the entries and their bytes in Redis (SCAN + STRLEN): for /admin/cache and the gauges."""
+        k = self.link.key
+        stats = StoreStats()
+        for name in await self._upstreams():
+            keys: set[str] = set()
+            for path in await self._members("stats", k("u", name)):
+                keys.update(await self._members("stats", k("p", name, path)))
+            held = [n for n in await self.link.call("stats", _sizer([k("e", key) for key in keys])) if n]
+            if held:
+                stats.upstreams[name] = {"entries": len(held), "bytes": sum(held)}
+                stats.entries += len(held)
+                stats.bytes += sum(held)
+        self._stats = stats
+        return stats
+
+
+def _dropper(entries: list[str], path_set: str, upstream_set: str, path: str) -> Callable[[Any], Awaitable[int]]:
+    """One pipelined round trip deleting a path's entries and its index records; returns entries deleted."""
+
+    async def drop(r: Any) -> int:
+        async with r.pipeline(transaction=False) as pipe:
+            if entries:
+                pipe.delete(*entries)
+            pipe.delete(path_set)
+            pipe.srem(upstream_set, path)
+            results = await pipe.execute()
+        return int(results[0]) if entries else 0
+
+    return drop
+
+
+def _sizer(keys: list[str]) -> Callable[[Any], Awaitable[list[int]]]:
+    async def sizes(r: Any) -> list[int]:
+        async with r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.strlen(key)
+            return [int(n) for n in await pipe.execute()]
+
+    return sizes
+
+
+class FallbackStore(Store):
+    """Redis while it answers, the memory store while it does not.
+
+    Entries written during an outage stay local and are dropped when Redis answers again (other
+    replicas may have invalidated them meanwhile). Invalidations that could not reach Redis are
+    kept (the latest 1,000) and replayed on recovery, so a write during the outage still purges
+    the shared entries it should have.
+    """
+
+    kind = "redis"
+
+    def __init__(self, remote: RedisStore, local: MemoryStore) -> None:
+        self.remote = remote
+        self.local = local
+        self._missed: deque[tuple[str | None, PathFilter]] = deque(maxlen=1000)
+        remote.link.on_recovery(self._recovered)
+
+    async def _recovered(self) -> None:
+        await self.local.delete_where(None, lambda _u, _p: True)
+        while self._missed:
+            upstream, match = self._missed[0]
+            await self.remote.delete_where(upstream, match)
+            self._missed.popleft()
+
+    async def get(self, primary: str, key_for: KeyFor) -> Entry | None:
+        try:
+            return await self.remote.get(primary, key_for)
+        except StoreUnavailable:
+            return await self.local.get(primary, key_for)
+
+    async def put(self, primary: str, key: str, entry: Entry) -> None:
+        try:
+            await self.remote.put(primary, key, entry)
+        except StoreUnavailable:
+            await self.local.put(primary, key, entry)
+
+    async def delete_where(self, upstream: str | None, match: PathFilter) -> int:
+        deleted = await self.local.delete_where(upstream, match)
+        try:
+            deleted += await self.remote.delete_where(upstream, match)
+        except StoreUnavailable:
+            self._missed.append((upstream, match))
+        return deleted
+
+    def stats(self) -> StoreStats:
+        return self.remote.stats() if self.remote.link.up else self.local.stats()
+
+    async def refresh_stats(self) -> StoreStats:
+        try:
+            return await self.remote.refresh_stats()
+        except StoreUnavailable:
+            return self.local.stats()
+
+    def prune(self, now: float) -> int:
+        return self.local.prune(now)
+
+    async def close(self) -> None:
+        await self.remote.link.close()

@@ -6,8 +6,9 @@ request takes one token, waiting up to ``max_wait`` for it, else is refused with
 bucket into debt, so waiters are served in the order they came and none is passed by a later
 arrival. The decision (``TokenBucket.reserve``, ``RateLimiter.reserve``) is synchronous and reads
 an injected clock; only ``RateLimiter.acquire`` sleeps. Buckets per key value are kept in an LRU
-of ``max_keys`` entries; an evicted key starts again with a full bucket. ``scope: global`` (a
-bucket in redis) is not handled here: this is the local limiter.
+of ``max_keys`` entries; an evicted key starts again with a full bucket. ``scope: global`` is
+``GlobalRateLimiter``: the same bucket arithmetic in one Lua script run by Redis, shared by
+every replica, with this local limiter as its fallback while Redis is unavailable.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from cachetools import LRUCache
 
 from .config import RateLimit
 from .errors import RateLimited
+from .redislink import RedisLink, StoreUnavailable
 
-__all__ = ["RateLimiter", "TokenBucket", "default_burst"]
+__all__ = ["GlobalRateLimiter", "RateLimiter", "TokenBucket", "default_burst"]
 
 _EPSILON = 1e-9  # float slack: 0.1 s at 10/s must refill exactly one token
 
@@ -140,3 +142,75 @@ class RateLimiter:
         except asyncio.CancelledError:
             bucket.refund()
             raise
+
+
+# One atomic take from a bucket kept in Redis, timed by Redis's own clock so replicas with skewed
+# clocks agree. KEYS[1]: the bucket. ARGV: rate, burst, max_wait. Returns {taken (0/1), wait}:
+# taken=1 with the seconds to wait before using the token (the bucket goes into debt, as the
+# local bucket does); taken=0 with the seconds until a token would be free.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate); ts = now end
+local wait = 0
+if tokens < 1 - 1e-9 then
+  wait = (1 - tokens) / rate
+  if wait > max_wait + 1e-9 then return {0, tostring(wait)} end
+end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {1, tostring(wait)}
+"""
+
+
+class GlobalRateLimiter:
+    """``scope: global``: the bucket lives in Redis, so every replica takes from the same one.
+
+    While Redis is unavailable the route falls back to ``local`` (this replica's own bucket with the
+    same rate): each replica then enforces the whole quota alone, as it would without Redis.
+    A caller cancelled while waiting does not give its token back to the shared bucket.
+    """
+
+    def __init__(
+        self,
+        config: RateLimit,
+        link: RedisLink,
+        name: str,
+        local: RateLimiter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.link = link
+        self.name = name
+        self.local = local
+        self.rate = config.rate
+        self.burst = local.burst
+        self.max_wait = config.max_wait
+        self._take = link.client.register_script(_TAKE)
+        self._sleep = sleep
+
+    async def acquire(self, key: str | None, upstream: str) -> None:
+        """Take a token from the shared bucket (or the local one while Redis is down), sleeping for
+        the reserved wait. Raises RateLimited when the wait would be longer than ``max_wait``."""
+        bucket = self.link.key("rl", self.name, key if self.config.key is not None and key is not None else "-")
+        try:
+            taken, wait = await self.link.script(
+                "rate_limit", self._take, [bucket], [self.rate, self.burst, self.max_wait]
+            )
+        except StoreUnavailable:
+            await self.local.acquire(key, upstream)
+            return
+        seconds = float(wait)
+        if not int(taken):
+            raise RateLimited(
+                f"rate limit of {self.rate:g}/s (shared by every replica) reached: no token within {self.max_wait:g}s",
+                upstream=upstream,
+                retry_after=seconds,
+            )
+        if seconds > 0:
+            await self._sleep(seconds)

@@ -23,7 +23,8 @@ from .breaker import CircuitBreaker
 from .config import Config, RoutePolicy, UpstreamPolicy, resolve
 from .fault import FaultInjector
 from .limits import Bulkhead
-from .ratelimit import RateLimiter
+from .ratelimit import GlobalRateLimiter, RateLimiter
+from .redislink import RedisLink
 from .retry import RetryBudget, RetryPolicy
 from .routing import Router
 from .stats import MinuteWindow
@@ -38,7 +39,7 @@ class Route:
     policy: RoutePolicy
     retry: RetryPolicy
     breaker: CircuitBreaker
-    limiter: RateLimiter | None
+    limiter: RateLimiter | GlobalRateLimiter | None
     fault: FaultInjector | None
     client_timeout: aiohttp.ClientTimeout
 
@@ -50,9 +51,14 @@ class Upstream:
     """One upstream: its policy, connection pool and the state that outlives a reload."""
 
     def __init__(
-        self, policy: UpstreamPolicy, previous: Upstream | None = None, hook: BreakerHook | None = None
+        self,
+        policy: UpstreamPolicy,
+        previous: Upstream | None = None,
+        hook: BreakerHook | None = None,
+        link: RedisLink | None = None,
     ) -> None:
         self.policy = policy
+        self.link = link
         self.name = policy.name
         self.base = str(policy.url).rstrip("/")
         self.inflight = 0
@@ -60,7 +66,7 @@ class Upstream:
         self.session: aiohttp.ClientSession
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
-        self._limiters: dict[tuple[str, Any], RateLimiter]
+        self._limiters: dict[tuple[str, Any], RateLimiter | GlobalRateLimiter]
         self.bulkhead: Bulkhead
         self.breakers: dict[str, CircuitBreaker] = {}
         old_breakers: dict[str, CircuitBreaker] = {}
@@ -111,7 +117,11 @@ class Upstream:
             limiter_key = (policy.name, policy.rate_limit)
             limiter = self._limiters.get(limiter_key)
             if limiter is None:
-                limiter = self._limiters[limiter_key] = RateLimiter(policy.rate_limit)
+                limiter = RateLimiter(policy.rate_limit)
+                if policy.rate_limit.scope == "global" and self.link is not None:
+                    name = f"{self.name}.{policy.name}"
+                    limiter = GlobalRateLimiter(policy.rate_limit, self.link, name, local=limiter)
+                self._limiters[limiter_key] = limiter
         t = policy.timeouts
         return Route(
             policy=policy,
@@ -145,14 +155,20 @@ def _new_session() -> aiohttp.ClientSession:
 class Runtime:
     """Everything derived from one configuration that the request path reads."""
 
-    def __init__(self, config: Config, previous: Runtime | None = None, hook: BreakerHook | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        previous: Runtime | None = None,
+        hook: BreakerHook | None = None,
+        link: RedisLink | None = None,
+    ) -> None:
         self.config = config
         old = previous.upstreams if previous is not None else {}
         self.upstreams: dict[str, Upstream] = {}
         for policy in resolve(config):
             before = old.get(policy.name)
             keep = before if before is not None and before.policy.url == policy.url else None
-            self.upstreams[policy.name] = Upstream(policy, keep, hook)
+            self.upstreams[policy.name] = Upstream(policy, keep, hook, link)
         self.router: Router[Upstream, Route] = Router(
             (
                 up.policy.prefix,

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +24,15 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .admin import build_admin_app
+from .breakersync import BreakerSync
 from .cache import ResponseCache
-from .cachestore import MemoryStore
+from .cachestore import FallbackStore, MemoryStore, RedisStore, Store
 from .config import Config, load_config
 from .errors import BadRequest, BodyTooLarge, ConfigError, GatewayError, error_response
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
+from .redislink import RedisLink
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -99,7 +102,10 @@ class Gateway:
     def __init__(self, config: Config, path: str | None = None) -> None:
         self.path = path
         self.metrics = Metrics()
-        self.state = State(Runtime(config, hook=self._breaker_moved), self.metrics, build_cache(config, self.metrics))
+        self.link = _redis_link(config, self.metrics)
+        self.sync = BreakerSync(self.link, self._breakers) if self.link is not None else None
+        runtime = Runtime(config, hook=self._breaker_moved, link=self.link)
+        self.state = State(runtime, self.metrics, build_cache(config, self.metrics, self.link))
         self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
         self.metrics.watch_cache(self._cache_size)
         self.started = False
@@ -138,6 +144,8 @@ class Gateway:
         if config.watch and self.path:
             self._listeners.tasks.append(asyncio.create_task(self._watch()))
         self._listeners.tasks.append(asyncio.create_task(self._prune_cache()))
+        if self.sync is not None:
+            self._listeners.tasks.append(asyncio.create_task(self.sync.run()))
 
     def _counted(self, handler: Any) -> Any:
         state = self.state
@@ -229,13 +237,20 @@ class Gateway:
         return stats.entries, stats.bytes
 
     async def _prune_cache(self) -> None:
-        """Drop expired entries (past ttl + stale windows) once a minute, so they free memory unread."""
+        """Every 15 s: drop expired memory entries (past ttl + stale windows) so they free memory
+        unread, and recount what a Redis store holds for the gauges."""
         while True:
-            await asyncio.sleep(60)
+            await asyncio.sleep(15)
             self.state.cache.prune()
+            await self.state.cache.refresh_stats()
+
+    def _breakers(self) -> Iterable[CircuitBreaker]:
+        return self.state.runtime.breakers().values()
 
     def _breaker_moved(self, breaker: CircuitBreaker, before: str, after: str) -> None:
         self.metrics.breaker_transitions.labels(breaker.upstream, breaker.route, after).inc()
+        if self.sync is not None:
+            self.sync.noted(breaker, before, after)
         level = logging.WARNING if after == "open" else logging.INFO
         event(
             "breaker " + after.replace("_", "-"),
@@ -291,7 +306,7 @@ class Gateway:
             )
             return False, {"error": str(exc)}
         old = self.state.runtime
-        new = Runtime(config, old, hook=self._breaker_moved)
+        new = Runtime(config, old, hook=self._breaker_moved, link=self.link)
         changes = _changes(old.config, config)
         self.state.runtime = new
         await self._drop_cached(old, new)
@@ -320,10 +335,23 @@ class Gateway:
                 await self.reload(source="watch")
 
 
-def build_cache(config: Config, metrics: Metrics) -> ResponseCache:
-    """The process's response cache on the configured store."""
+def _redis_link(config: Config, metrics: Metrics) -> RedisLink | None:
+    """The process's Redis connection when ``cache_store.type`` is redis."""
     spec = config.cache_store
-    store = MemoryStore(spec.max_entries, spec.max_bytes)
+    if spec.type != "redis" or not spec.url:
+        return None
+
+    def failed(op: str, exc: BaseException) -> None:
+        metrics.store_errors.labels("redis", op).inc()
+
+    return RedisLink(spec.url, spec.prefix, spec.timeout, on_error=failed)
+
+
+def build_cache(config: Config, metrics: Metrics, link: RedisLink | None = None) -> ResponseCache:
+    """The process's response cache: in memory, or in Redis with memory as the fallback."""
+    spec = config.cache_store
+    memory = MemoryStore(spec.max_entries, spec.max_bytes)
+    store: Store = memory if link is None else FallbackStore(RedisStore(link), memory)
 
     def store_failed(kind: str, op: str, exc: BaseException) -> None:
         metrics.store_errors.labels(kind, op).inc()
