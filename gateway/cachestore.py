@@ -8,7 +8,7 @@ in ``cache``); it keeps entries under opaque keys (SHA-256 digests, so no header
 held in clear), the ``Vary`` header names an upstream answered for a primary key, and an index
 by (upstream, path) for invalidation and purge. Entries are kept until their ``ttl`` plus
 ``keep`` (the longest stale window) has passed: ``ResponseCache`` ignores them on read and
-``prune`` (once a minute) frees them; LRU eviction frees them first under pressure anyway.
+``prune`` (every 15 s) frees them; LRU eviction frees them first under pressure anyway.
 """
 
 from __future__ import annotations

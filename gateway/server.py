@@ -289,7 +289,11 @@ class Gateway:
             if (requests >= 5 and errors * 2 >= requests) or snap["breaker"] == "open":
                 degraded = True
             upstreams[name] = snap
-        return {"status": "degraded" if degraded else "ok", "draining": self.drain_started, "upstreams": upstreams}
+        result: dict[str, Any] = {"status": "degraded" if degraded else "ok", "draining": self.drain_started}
+        if self.link is not None:  # shared state: whether replicas currently share it
+            result["redis"] = {"up": self.link.up, "errors": self.link.errors}
+        result["upstreams"] = upstreams
+        return result
 
     # ------------------------------------------------------------------ reload
 

@@ -163,6 +163,9 @@ async def test_redis_killed_then_restarted_mid_run(pair):
     ]
     assert errors and float(errors[0].split()[-1]) >= 1
     assert any("redis unavailable" in line for line in a.lines)
+    async with session.get(a.admin + "/health") as resp:
+        health = await resp.json()
+    assert health["redis"]["up"] is False and health["redis"]["errors"] >= 1
 
     redis.start()  # same port, empty
 
