@@ -188,6 +188,8 @@ class CircuitBreaker:
         window changes; the recovery delay of an open breaker is kept, capped at the new maximum."""
         old, self.config = self.config, config
         self._failure_on = OutcomeSet(config.failure_on)
+        if not config.shared:
+            self.probe_gate = True  # no longer leased through Redis
         if old.mode != config.mode or old.window != config.window:
             self._consecutive = 0
             self._reset_window()

@@ -165,6 +165,8 @@ def verdict(status: int, headers: Headers, policy: Cache) -> Verdict:
         ttl = 0.0
     if ttl <= 0 and keep_for(policy) <= 0:
         return Verdict(False, why="no freshness (max-age=0 or no-cache) and no stale window")
+    if headers.get("content-encoding") and "accept-encoding" not in names:
+        names.append("accept-encoding")  # a compressed body is only for clients that asked for it
     return Verdict(True, ttl, tuple(sorted(names)))
 
 

@@ -269,7 +269,8 @@ class Proxy:
                 return await self._cached(request, call, policy.cache)
             ex.cache = "BYPASS"
         async with self._upstream(call) as attempt:
-            if request.method not in _READS and attempt.response is not None and 200 <= attempt.response.status < 300:
+            answer = attempt.response
+            if upstream.caches and request.method not in _READS and answer is not None and 200 <= answer.status < 300:
                 await self._invalidate(call)
             return await self._relay(request, call, attempt)
 

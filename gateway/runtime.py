@@ -91,6 +91,8 @@ class Upstream:
             self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         self.routes = tuple(self._route(p, old_breakers) for p in policy.routes)
         self.default = self._route(policy.default, old_breakers)
+        # Whether a write here may have something to invalidate (saves a store call per WhatsApp send).
+        self.caches = any(r.policy.cache is not None for r in self.routes)
 
     def _breaker(self, policy: RoutePolicy, old: dict[str, CircuitBreaker]) -> CircuitBreaker:
         name = policy.breaker_name

@@ -85,6 +85,13 @@ def test_verdict_keeps_the_upstreams_vary_names_sorted_and_lower_case() -> None:
     assert got.vary == ("accept", "prefer", "range")
 
 
+def test_a_compressed_answer_varies_on_accept_encoding_even_unasked() -> None:
+    assert verdict(200, h(("Content-Encoding", "gzip")), policy()).vary == ("accept-encoding",)
+    assert verdict(200, h(("Content-Encoding", "br"), ("Vary", "Accept-Encoding")), policy()).vary == (
+        "accept-encoding",
+    )
+
+
 def test_entry_age_starts_at_the_upstreams_age_and_drops_per_answer_headers() -> None:
     headers = h(("Age", "30"), ("Content-Length", "2"), ("X-Request-Id", "abc"), ("ETag", '"v1"'))
     e = make_entry("up", "/p", 200, "OK", headers, b"hi", 1000.0, verdict(200, headers, policy()), policy())
