@@ -7,7 +7,8 @@ Owns contract §2 ``cache`` and ``invalidates``. The proxy asks, in order:
 2. ``primary_key(...)``: method (GET: a HEAD reads the GET entry), upstream, raw path, raw query and
    the configured ``vary`` headers' values, all hashed with SHA-256; then ``ResponseCache.lookup``,
    which adds the values of the headers the upstream's own ``Vary`` named (``full_key``).
-3. On a miss, one request per key goes upstream (``flights``); ``verdict(...)`` decides whether
+3. On a miss, one request per key goes upstream (``flights``; keys whose last answer could not be
+   shared skip the queue for a while, ``passes``); ``verdict(...)`` decides whether
    its answer may be stored: a status in ``statuses``; no ``Vary: *``, ``no-store``, ``Set-Cookie``;
    ``private`` only when ``authorization`` is in ``vary``; the upstream's ``s-maxage``/``max-age``
    lowers ``ttl``, its ``no-cache`` makes it 0 (kept only for the stale windows).
@@ -28,6 +29,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
 from multidict import CIMultiDict
 
 from .cachestore import Entry, PathFilter, Store
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 Headers = Mapping[str, str]  # a CIMultiDict or its proxy; ``getall`` is used when present
+
+PASS_SECONDS = 30.0
 
 # Answer headers never replayed from an entry: the gateway sets them per answer.
 _NOT_STORED = frozenset({"content-length", "age", "set-cookie", "x-request-id", "x-gateway-cache"})
@@ -110,7 +114,12 @@ class Asked:
     no_cache: bool = False  # fetch from the upstream, then store
 
 
+_NOTHING_ASKED = Asked()
+
+
 def asked(headers: Headers) -> Asked:
+    if "cache-control" not in headers and "pragma" not in headers:
+        return _NOTHING_ASKED
     cc = cache_control(headers)
     no_cache = "no-cache" in cc or cc.get("max-age") == "0"
     if not cc and "no-cache" in ",".join(_values(headers, "pragma")).lower():
@@ -227,6 +236,10 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.clock = clock
         self.flights: dict[str, asyncio.Future[FlightResult]] = {}
+        # Keys whose last answer could be neither stored nor shared (a 2xx with no-store, say): for
+        # PASS_SECONDS their misses go upstream at once instead of queueing behind one another
+        # (Varnish's hit-for-pass). An answer that can be stored again clears the mark.
+        self.passes: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=PASS_SECONDS)
         self.refreshing: set[str] = set()
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._epochs: defaultdict[str, int] = defaultdict(int)
@@ -266,6 +279,7 @@ class ResponseCache:
         except (OSError, ConnectionError, TimeoutError) as exc:
             self._failed("put", exc)
             return False
+        self.passes.pop(primary, None)
         self.counts[entry.upstream]["stored"] += 1
         return True
 

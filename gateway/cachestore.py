@@ -28,8 +28,12 @@ from .redislink import RedisLink, StoreUnavailable
 
 __all__ = ["Entry", "FallbackStore", "MemoryStore", "RedisStore", "Store", "StoreStats"]
 
-# Bookkeeping bytes counted per entry besides its body and headers (keys, index, object headers).
-ENTRY_OVERHEAD = 256
+# Bytes counted per entry besides its body, header text and path: the Entry object, its key (in
+# the LRU, its order and the index), the index sets; and per header, the two str objects and the
+# tuple around them. Calibrated with bench/cache_memory.py (RSS growth per entry), so that
+# max_bytes is close to the memory the cache really takes.
+ENTRY_OVERHEAD = 900
+HEADER_OVERHEAD = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,8 @@ class Entry:
     size: int = field(init=False, compare=False)  # the bytes counted against max_bytes
 
     def __post_init__(self) -> None:
-        size = len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + len(self.path) + ENTRY_OVERHEAD
+        text = sum(len(k) + len(v) + HEADER_OVERHEAD for k, v in self.headers)
+        size = len(self.body) + text + len(self.path) + ENTRY_OVERHEAD
         object.__setattr__(self, "size", size)
 
     def age(self, now: float) -> float:

@@ -9,7 +9,7 @@ sets (method, status, outcome, reason), never raw paths or ids. Components recei
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,6 +37,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
@@ -107,6 +108,16 @@ class Metrics:
             ["upstream", "route", "to"],
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, memoised: the request path asks for the same few children
+        on every request, and ``labels()`` costs a lock and a dict build each time. Label values
+        are configured names and bounded sets, so the memo is bounded too."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def watch_breakers(self, source: Callable[[], Iterable[CircuitBreaker]]) -> None:
         """Export ``gateway_breaker_state`` for the breakers ``source`` returns, read at scrape time."""

@@ -198,10 +198,21 @@ class Call:
     query: str | None
     params: dict[str, str]
     client_headers: CIMultiDictProxy[str]  # as the client sent them (cache keys read these)
-    headers: CIMultiDict[str]  # as the upstream receives them
     body: RequestBody
     deadline: float
     ex: Exchange
+    request: web.BaseRequest | None = None  # None for a background refresh, which has ``outgoing`` set
+    outgoing: CIMultiDict[str] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """The headers as the upstream receives them; made on first use (a cache hit never needs them)."""
+        if self.outgoing is None:
+            assert self.request is not None
+            self.outgoing = request_headers(self.client_headers, self.ex.request_id, self.upstream.policy.set_headers)
+            if self.upstream.policy.forwarded_headers:
+                _add_forwarded(self.outgoing, self.request)
+        return self.outgoing
 
 
 class Proxy:
@@ -247,9 +258,6 @@ class Proxy:
         body = await RequestBody.read(
             request, policy.limits.max_request_body, policy.retry.max_replay_body, policy.timeouts.idle
         )
-        headers = request_headers(request.headers, ex.request_id, upstream.policy.set_headers)
-        if upstream.policy.forwarded_headers:
-            _add_forwarded(headers, request)
         query = raw_target.partition("?")[2] if "?" in raw_target else None
         call = Call(
             request.method,
@@ -259,10 +267,10 @@ class Proxy:
             query,
             match.params,
             request.headers,
-            headers,
             body,
             deadline,
             ex,
+            request,
         )
         if policy.cache is not None:
             if request.method in _READS:
@@ -297,14 +305,14 @@ class Proxy:
             await route.limiter.acquire(call.params.get(key) if key else None, upstream.name)
         permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
         upstream.inflight += 1
-        self.metrics.inflight.labels(upstream.name).inc()
+        self.metrics.child(self.metrics.inflight, upstream.name).inc()
         try:
             async with upstream.bulkhead.slot(upstream.name):
                 yield await self._tries(call, permit)
         finally:
             permit.release()  # a no-op once the try recorded its outcome
             upstream.inflight -= 1
-            self.metrics.inflight.labels(upstream.name).dec()
+            self.metrics.child(self.metrics.inflight, upstream.name).dec()
 
     async def _tries(self, call: Call, permit: Permit) -> Attempt:
         """The retry loop: try, ask the retry policy, wait, try again; return the last try.
@@ -320,7 +328,7 @@ class Proxy:
         while True:
             ex.attempts += 1
             attempt = await self._try(call.method, url, call.headers, upstream, route, body, call.deadline)
-            self.metrics.tries.labels(*labels, attempt.outcome.label).inc()
+            self.metrics.child(self.metrics.tries, *labels, attempt.outcome.label).inc()
             if body.too_large or body.stalled:  # the client's fault, not the upstream's: no sample
                 permit.release()
                 attempt.discard()
@@ -489,7 +497,7 @@ class Proxy:
         """
         cache = self.state.cache
         flight: asyncio.Future[FlightResult] | None = None
-        if store and primary not in cache.flights:
+        if store and primary not in cache.flights and primary not in cache.passes:
             flight = cache.flights[primary] = asyncio.get_running_loop().create_future()
         shared: FlightResult = None
         epoch = cache.epoch(call.upstream.name)
@@ -519,6 +527,8 @@ class Proxy:
             if flight is not None:
                 del cache.flights[primary]
                 flight.set_result(shared)
+                if shared is None:  # nothing the next misses could have waited for
+                    cache.passes[primary] = True
 
     async def _wait(
         self,
@@ -598,7 +608,8 @@ class Proxy:
             call,
             method="GET",
             client_headers=CIMultiDictProxy(CIMultiDict(call.client_headers)),
-            headers=CIMultiDict(call.headers),
+            outgoing=CIMultiDict(call.headers),
+            request=None,
             body=RequestBody.empty(),
             deadline=ex.start + call.route.policy.timeouts.total,
             ex=ex,
@@ -667,7 +678,7 @@ class Proxy:
 
     def _counted(self, call: Call, result: str) -> None:
         self.state.cache.count(call.upstream.name, result)
-        self.metrics.cache_requests.labels(call.upstream.name, call.route.policy.name, result).inc()
+        self.metrics.child(self.metrics.cache_requests, call.upstream.name, call.route.policy.name, result).inc()
 
     # ------------------------------------------------------------------ answers and records
 
@@ -690,8 +701,9 @@ class Proxy:
     def _finish(self, ex: Exchange) -> None:
         now = time.monotonic()
         headers_at = ex.headers_sent_at or now
-        self.metrics.requests.labels(ex.upstream, ex.route, method_label(ex.method), str(ex.status), ex.source).inc()
-        self.metrics.duration.labels(ex.upstream, ex.route).observe(headers_at - ex.start)
+        m = self.metrics
+        m.child(m.requests, ex.upstream, ex.route, method_label(ex.method), str(ex.status), ex.source).inc()
+        m.child(m.duration, ex.upstream, ex.route).observe(headers_at - ex.start)
         upstream = self.state.runtime.upstreams.get(ex.upstream)
         if upstream is not None:
             failed = ex.error if ex.error else (f"HTTP {ex.status}" if ex.status >= 500 else None)

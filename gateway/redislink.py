@@ -17,14 +17,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .logs import event
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = ["RedisLink", "StoreUnavailable"]
 
@@ -47,6 +45,13 @@ class RedisLink:
         retry_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # redis-py is imported here, not at module level: a gateway on the memory store never loads it (~6 MiB).
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self.prefix = prefix
         self.timeout = timeout
         self.retry_after = retry_after
@@ -83,7 +88,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await fn(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._failed(op, exc)
             raise StoreUnavailable(f"redis {op} failed: {type(exc).__name__}") from exc
         if self._down:
@@ -116,5 +121,5 @@ class RedisLink:
         return await self.call(op, lambda _client: source(keys=keys, args=args))
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*self._errors):
             await self.client.aclose()

@@ -594,3 +594,21 @@ async def test_cache_hits_are_logged_with_their_result(upstream_factory, gateway
 
 
 _: Any = aiohttp  # the session type used through RunningGateway
+
+
+async def test_misses_on_a_key_whose_answer_cannot_be_shared_stop_queueing(upstream_factory, gateway_factory):
+    arrivals: list[float] = []
+
+    async def no_store(request: web.BaseRequest, up: Upstream) -> web.StreamResponse:
+        arrivals.append(time.monotonic())
+        await asyncio.sleep(0.3)
+        return web.Response(text="private", headers={"Cache-Control": "no-store"})
+
+    gw, up, *_ = await start(upstream_factory, gateway_factory, READ)
+    up.script = no_store
+    await asyncio.gather(*(get(gw, "/supabase/rest/v1/t") for _ in range(5)))  # learns: not shareable
+    assert up.count == 5  # the leader, then each waiter on its own
+    arrivals.clear()
+    results = await asyncio.gather(*(get(gw, "/supabase/rest/v1/t") for _ in range(5)))
+    assert {(s, b) for s, b, _ in results} == {(200, b"private")}
+    assert max(arrivals) - min(arrivals) < 0.2  # all went upstream at once, none waited for another

@@ -23,7 +23,7 @@ from gateway import __version__, cli
 from gateway.config import ConfigError, load_config, parse_config, redacted, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config").rglob("*.yaml"))]
+SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]  # scenarios/ are the sim's
 
 
 def _id(path: Path) -> str:

@@ -12,7 +12,7 @@ from gateway import schema
 from gateway.config import _UniqueKeyLoader
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config").rglob("*.yaml"))]
+SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]  # scenarios/ are the sim's
 
 
 def _raw(path: Path) -> object:
