@@ -17,7 +17,7 @@ upstream during the measured run, and the RSS of the process under test idle (af
 sanity request) and under load (peak of samples taken every 0.2 s). The table goes to stdout and to
 ``bench/results/overhead-<date>.md`` and ``overhead-latest.md`` (``-quick`` suffixed for ``--quick``).
 
-    python bench/overhead.py                    # default: -t2 -c32 -d10s, 2 s warm-up per path, ~70 s
+    python bench/overhead.py                    # default: -t2 -c32 -d10s, 2 s warm-up per path, ~2 min
     python bench/overhead.py --quick            # ~20 s: 3 s runs, only the quick variants (smoke test)
     python bench/overhead.py --rounds 3         # interleaved rounds, median req/s per path
     python bench/overhead.py --only gateway,bare-aiohttp --duration 30 --connections 64
@@ -78,7 +78,9 @@ class GatewayVariant:
     """A named gateway configuration: ``snippet`` (YAML) is deep-merged into the base configuration.
 
     ``path`` is what wrk asks the gateway for (the upstream receives it without the ``/bench`` prefix);
-    ``quick`` variants also run under ``--quick``.
+    ``quick`` variants also run under ``--quick``. ``headers`` are sent with every request (wrk ``-H``).
+    ``cache`` is the ``x-gateway-cache`` value the answers must carry (checked on two requests before
+    the load); the route's cache counters (``GET /admin/cache``) over the measured run go in the report.
     """
 
     name: str
@@ -86,6 +88,8 @@ class GatewayVariant:
     note: str
     path: str = f"/{GATEWAY_UPSTREAM}{UPSTREAM_PATH}"
     quick: bool = False
+    headers: tuple[str, ...] = ()  # request headers ("Name: value") wrk and the sanity request send
+    cache: str | None = None  # the x-gateway-cache every answer must carry; the cache's counters are reported
 
 
 GATEWAY_VARIANTS: list[GatewayVariant] = [
@@ -117,15 +121,38 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         "a matched route with every policy on: retry, a route breaker (rate mode), bulkhead, "
         "a rate limit and fault injection that never bite",
     ),
-    # Once the cache exists (issue 4):
-    # GatewayVariant(
-    #     "gateway-cache-hit",
-    #     """
-    #     log: {access_log: false}
-    #     upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
-    #     """,
-    #     "every measured request is a memory-cache hit (the warm-up fills the cache)",
-    # ),
+    GatewayVariant(
+        "gateway-cache-hit",
+        """
+        log: {access_log: false}
+        upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
+        """,
+        "a GET route with `cache: {ttl: 1h}` (memory store): the sanity request fills the cache, so every "
+        "measured request is a memory-cache hit and never reaches the upstream",
+        cache="HIT",
+    ),
+    GatewayVariant(
+        "gateway-cache-miss",
+        """
+        log: {access_log: false}
+        upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
+        """,
+        "the same cached route, every request sent with `Cache-Control: no-cache`: each one looks its key up, "
+        "goes upstream, reads the answer whole, stores it again and answers from memory (a miss's full cost)",
+        headers=("Cache-Control: no-cache",),
+        cache="REVALIDATED",
+    ),
+    GatewayVariant(
+        "gateway-cache-uncacheable",
+        """
+        log: {access_log: false}
+        upstreams: {bench: {routes: [{name: nostore, match: {methods: [GET], path: "/nostore"}, cache: {ttl: 1h}}]}}
+        """,
+        "a cached route whose upstream answers `Cache-Control: no-store` (upstream path /nostore): each "
+        "request looks its key up, misses, goes upstream, is refused storage and is streamed like `gateway`",
+        path=f"/{GATEWAY_UPSTREAM}/nostore",
+        cache="MISS",
+    ),
 ]
 
 
@@ -309,10 +336,18 @@ class Processes(contextlib.AbstractContextManager["Processes"]):
             proc.stop()
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
+def _header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name.strip(), value.strip()
+
+
+def http_get(
+    port: int, path: str, timeout: float = 2.0, headers: Sequence[str] = ()
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET; ``headers`` as ``"Name: value"`` lines (the form wrk's ``-H`` takes)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=dict(_header(h) for h in headers))
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -379,6 +414,9 @@ class Target:
     idle_rss_kib: int | None = None
     broken: str | None = None  # why it was not benchmarked
     sanity: dict[str, str] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()  # sent with every request
+    cache: str | None = None  # the x-gateway-cache every answer must carry (gateway variants with a cache)
+    admin_port: int | None = None  # the gateway's, for GET /admin/cache
 
     @property
     def url(self) -> str:
@@ -405,6 +443,7 @@ class Measurement:
     upstream_cpu_pct: float
     rss_peak_kib: int | None
     rss_end_kib: int | None
+    cache_counts: dict[str, int] | None = None  # GET /admin/cache counters of the upstream, over the measured run
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -436,9 +475,12 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, threads: int, connections: int, seconds: float) -> WrkResult:
+def run_wrk(url: str, threads: int, connections: int, seconds: float, headers: Sequence[str] = ()) -> WrkResult:
     wrk = shutil.which("wrk") or "wrk"
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s", url]
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, start_new_session=True)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}\n{done.stdout}")
@@ -473,8 +515,27 @@ class RssSampler(threading.Thread):
         return self.peak, self.last
 
 
+_CACHE_COUNTERS = ("hits", "misses", "stale_served", "collapsed", "bypassed", "stored", "entries")
+
+
+def cache_counters(target: Target) -> dict[str, int]:
+    """The gateway's cache counters for the bench upstream (GET /admin/cache); {} when there are none."""
+    if target.admin_port is None:
+        return {}
+    try:
+        status, _, body = http_get(target.admin_port, "/admin/cache", timeout=5.0)
+    except (OSError, http.client.HTTPException) as exc:
+        raise RuntimeError(f"GET /admin/cache failed: {exc!r}") from exc
+    if status != 200:
+        raise RuntimeError(f"GET /admin/cache: status {status}: {body[:200]!r}")
+    counts = json.loads(body).get("upstreams", {}).get(GATEWAY_UPSTREAM, {})
+    return {k: int(counts.get(k, 0)) for k in _CACHE_COUNTERS}
+
+
 def measure(target: Target, upstream: Proc, args: argparse.Namespace, round_no: int) -> Measurement:
-    run_wrk(target.url, args.threads, args.connections, args.warmup)  # warm-up: pools, caches, JIT-less but hot
+    # warm-up: pools, caches, JIT-less but hot
+    run_wrk(target.url, args.threads, args.connections, args.warmup, target.headers)
+    cache0 = cache_counters(target) if target.cache else {}
     sampler = RssSampler(target.proc) if target.proc else None
     proxy_cpu0 = target.proc.cpu_seconds() if target.proc else 0.0
     up_cpu0 = upstream.cpu_seconds()
@@ -482,10 +543,15 @@ def measure(target: Target, upstream: Proc, args: argparse.Namespace, round_no: 
     if sampler:
         sampler.start()
     try:
-        result = run_wrk(target.url, args.threads, args.connections, args.duration)
+        result = run_wrk(target.url, args.threads, args.connections, args.duration, target.headers)
     finally:
         peak, end = sampler.finish() if sampler else (0, 0)
     wall = time.monotonic() - t0
+    cache_counts = None
+    if target.cache:
+        cache1 = cache_counters(target)
+        # the counters grow, except `entries`, which is what the store holds at the end
+        cache_counts = {k: v - (cache0.get(k, 0) if k != "entries" else 0) for k, v in cache1.items()}
     proxy_cpu = (target.proc.cpu_seconds() - proxy_cpu0) / wall * 100 if target.proc else None
     return Measurement(
         target=target.name,
@@ -495,23 +561,36 @@ def measure(target: Target, upstream: Proc, args: argparse.Namespace, round_no: 
         upstream_cpu_pct=(upstream.cpu_seconds() - up_cpu0) / wall * 100,
         rss_peak_kib=peak if sampler else None,
         rss_end_kib=end if sampler else None,
+        cache_counts=cache_counts,
     )
 
 
 def sanity_check(target: Target) -> None:
-    """One request before any load: 200 and the 1 KiB body, or the target is marked broken."""
-    try:
-        status, headers, body = http_get(target.port, target.path, timeout=5.0)
-    except (OSError, http.client.HTTPException) as exc:
-        target.broken = f"sanity GET {target.path} failed: {exc!r}"
-        return
+    """One request before any load: 200 and the 1 KiB body, or the target is marked broken.
+
+    A variant with ``cache`` gets a second request, whose ``x-gateway-cache`` must be that value (the
+    first one filled the cache, so a ``HIT`` variant is a hit from the second request on).
+    """
     keep = ("server", "content-length", "transfer-encoding", "x-gateway-upstream", "x-gateway-attempts")
-    target.sanity = {k: v for k, v in headers.items() if k in keep}
-    if status != 200 or len(body) != BODY_BYTES:
-        target.broken = (
-            f"sanity GET {target.path}: status {status}, {len(body)} body bytes (want 200 and {BODY_BYTES}); "
-            f"headers {headers}; body {body[:300]!r}"
-        )
+    keep += ("x-gateway-cache",)
+    for n in range(2 if target.cache else 1):
+        try:
+            status, headers, body = http_get(target.port, target.path, timeout=5.0, headers=target.headers)
+        except (OSError, http.client.HTTPException) as exc:
+            target.broken = f"sanity GET {target.path} failed: {exc!r}"
+            return
+        target.sanity = {k: v for k, v in headers.items() if k in keep}
+        if status != 200 or len(body) != BODY_BYTES:
+            target.broken = (
+                f"sanity GET {target.path}: status {status}, {len(body)} body bytes (want 200 and {BODY_BYTES}); "
+                f"headers {headers}; body {body[:300]!r}"
+            )
+            return
+        if n == 1 and headers.get("x-gateway-cache") != target.cache:
+            target.broken = (
+                f"sanity GET {target.path}, second request: x-gateway-cache {headers.get('x-gateway-cache')!r} "
+                f"(want {target.cache!r}); headers {headers}"
+            )
 
 
 # --------------------------------------------------------------------------- setting the run up
@@ -574,7 +653,17 @@ def start_targets(
         conf.write_text(yaml.safe_dump(gateway_config(variant, port, admin_port, up_port), sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
         proc = procs.start(variant.name, argv, env=gateway_env())
-        target = Target(variant.name, "gateway", port, variant.path, variant.note, proc)
+        target = Target(
+            variant.name,
+            "gateway",
+            port,
+            variant.path,
+            variant.note,
+            proc,
+            headers=variant.headers,
+            cache=variant.cache,
+            admin_port=admin_port,
+        )
         try:
             wait_until(proc, lambda p=admin_port: http_get(p, "/readyz")[0] == 200, "200 from /readyz")
         except RuntimeError as exc:
@@ -712,7 +801,21 @@ def report(
         )
     lines += ["", "Paths:", ""]
     for t in targets:
-        lines.append(f"- **{t.name}**: {t.note}" + (f" — **not benchmarked**: {t.broken}" if t.broken else ""))
+        line = f"- **{t.name}**: {t.note}"
+        if t.headers:
+            line += f" (wrk -H {', '.join(repr(h) for h in t.headers)})"
+        m = best[t.name]
+        if m is not None and m.cache_counts is not None:
+            c = m.cache_counts
+            line += (
+                f". Cache over the shown run: {c['hits']:,} hits, {c['misses']:,} misses (revalidations "
+                f"included), {c['stored']:,} stored, {c['collapsed']:,} collapsed, {c['stale_served']:,} stale "
+                f"for wrk's {m.wrk.requests:,} answers; {c['entries']} entr{'y' if c['entries'] == 1 else 'ies'} "
+                f"held at the end; every answer expected `x-gateway-cache: {t.cache}`"
+            )
+        if t.broken:
+            line += f" — **not benchmarked**: {t.broken}"
+        lines.append(line)
     lines += [
         "",
         "How to read it:",
