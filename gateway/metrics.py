@@ -88,6 +88,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        for result in ("ok", "error"):  # both series from the start, so the first failure is an increase
+            self.reloads.labels(result)
 
         self.cache_requests = Counter(
             "gateway_cache_requests_total",
