@@ -1,4 +1,4 @@
-"""The command line: ``gateway run | check | version`` (contract §5).
+"""The command line: ``gateway run | check | version`` (contract §5), and ``gateway sim`` (issue 7).
 
 Owns argument parsing, the config path rule (--config, then $GATEWAY_CONFIG, then
 ./gateway.yaml), exit codes (0 ok, 1 invalid config or a port that cannot be bound, 2 usage),
@@ -29,6 +29,19 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--config", metavar="PATH", help="default: $GATEWAY_CONFIG, then ./gateway.yaml")
     sub.add_parser("version", help="print the version")
+    sim = sub.add_parser(
+        "sim",
+        help="serve simulated Graph, Gemini, Supabase and lookaside upstreams",
+        description="Simulated upstreams for config/examples/sim.yaml; counters at GET /_sim/stats on any port.",
+    )
+    sim.add_argument("--scenario", metavar="PATH", help="scenario YAML (default: instant answers, no faults)")
+    sim.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    for name, port in (("graph", 8081), ("gemini", 8082), ("supabase", 8083), ("lookaside", 8084)):
+        sim.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT", help=f"default: {port}")
+    sim.add_argument("--seed", type=int, help="random seed (default: the scenario's, else a random one, logged)")
+    sim.add_argument(
+        "--lookaside-url", metavar="URL", help="base of the media URLs Graph returns (default: the lookaside listener)"
+    )
     return parser
 
 
@@ -81,5 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"inbox-gateway {__version__}")
         return 0
+    if args.command == "sim":
+        from .sim import run_sim
+
+        ports = {name: getattr(args, f"{name}_port") for name in ("graph", "gemini", "supabase", "lookaside")}
+        return run_sim(args.scenario, args.host, ports, seed=args.seed, lookaside_url=args.lookaside_url)
     path = config_path(args.config)
     return run(path) if args.command == "run" else check(path)
