@@ -96,11 +96,25 @@ class Attempt:
     peeked: bytes = b""
     retry_after: float | None = None
     cut_by_total: bool = False
+    resent: int = 0  # times aiohttp resent it by itself on a pooled connection found closed
 
     def discard(self) -> None:
         """Release the answer's connection before the next try."""
         if self.response is not None:
             self.response.release()
+
+
+class Sends:
+    """Counts the times a request's headers went out (aiohttp trace context, see ``runtime``)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @property
+    def resent(self) -> int:
+        return max(0, self.count - 1)
 
 
 class RequestBody:
@@ -328,6 +342,10 @@ class Proxy:
         while True:
             ex.attempts += 1
             attempt = await self._try(call.method, url, call.headers, upstream, route, body, call.deadline)
+            if attempt.resent:  # aiohttp's own resend on a stale pooled connection: a real try, counted
+                ex.attempts += attempt.resent
+                self.metrics.child(self.metrics.tries, *labels, outcomes.RESET).inc(attempt.resent)
+                self.metrics.child(self.metrics.retries, *labels, "stale-connection").inc(attempt.resent)
             self.metrics.child(self.metrics.tries, *labels, attempt.outcome.label).inc()
             if body.too_large or body.stalled:  # the client's fault, not the upstream's: no sample
                 permit.release()
@@ -378,6 +396,7 @@ class Proxy:
         per_try = route.policy.timeouts.per_try
         kind = upstream.policy.kind
         response = None
+        sends = Sends()
         try:
             async with asyncio.timeout(min(per_try, remaining)):
                 response = await upstream.session.request(
@@ -387,6 +406,7 @@ class Proxy:
                     data=body.payload(),
                     allow_redirects=False,
                     timeout=route.client_timeout,
+                    trace_request_ctx=sends,
                 )
                 peeked = b""
                 if outcomes.needs_body(kind, response.status):
@@ -394,14 +414,15 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
             if response is not None:
                 response.close()
-            return Attempt(Outcome(outcomes.classify_exception(exc)), cut_by_total=per_try > remaining)
+            outcome = Outcome(outcomes.classify_exception(exc))
+            return Attempt(outcome, cut_by_total=per_try > remaining, resent=sends.resent)
         code = outcomes.api_error_code(kind, peeked) if peeked else None
         retry_after = None
         if response.status in (429, 503) or "retry-after" in response.headers:
             retry_after = outcomes.retry_after_seconds(
                 kind, response.status, response.headers.get("retry-after"), peeked
             )
-        return Attempt(Outcome("response", response.status, code), response, peeked, retry_after)
+        return Attempt(Outcome("response", response.status, code), response, peeked, retry_after, resent=sends.resent)
 
     async def _relay(self, request: web.BaseRequest, call: Call, attempt: Attempt) -> web.StreamResponse:
         """Send the last try's answer to the client as it streams in; or its failure as an error."""

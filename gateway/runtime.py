@@ -140,9 +140,26 @@ class Upstream:
         return URL(target, encoded=True)
 
 
+async def _headers_sent(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    sends = ctx.trace_request_ctx
+    if sends is not None:
+        sends.count += 1
+
+
+# aiohttp resends an idempotent request once by itself when a pooled keep-alive connection turns
+# out to be closed. That is right (the upstream closed an idle connection) but it must be seen:
+# the proxy counts the times headers went out and reports the extra ones as tries.
+_TRACE = aiohttp.TraceConfig()
+_TRACE.on_request_headers_sent.append(_headers_sent)
+_TRACE.freeze()
+
+
 def _new_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=15)
     return aiohttp.ClientSession(
+        trace_configs=[_TRACE],
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -276,3 +276,38 @@ async def test_no_retry_for_post_on_a_timeout_even_when_listed(gateway_factory):
 
 
 _ = (aiohttp, Gateway)
+
+
+async def test_aiohttps_own_resend_on_a_closed_pooled_connection_is_counted(gateway_factory):
+    """The upstream closes a kept-alive connection as the next request arrives: aiohttp resends
+    a GET on a new connection by itself; the gateway must show that second try."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        first = len(connections) == 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            if first:
+                await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await gateway_factory(gateway_yaml({"api": f"url: http://127.0.0.1:{port}\nretry: {{attempts: 1}}"}))
+        async with gw.session.get(gw.url + "/api/a") as resp:
+            assert (resp.status, resp.headers["x-gateway-attempts"]) == (200, "1")
+        async with gw.session.get(gw.url + "/api/b") as resp:
+            assert resp.status == 200
+            assert resp.headers["x-gateway-attempts"] == "2"  # the hidden resend, shown
+        assert len(connections) == 2
+        async with gw.session.get(gw.admin + "/metrics") as resp:
+            text = await resp.text()
+        assert 'gateway_retries_total{reason="stale-connection",route="-",upstream="api"} 1.0' in text
+    finally:
+        server.close()
