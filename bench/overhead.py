@@ -90,6 +90,7 @@ class GatewayVariant:
     quick: bool = False
     headers: tuple[str, ...] = ()  # request headers ("Name: value") wrk and the sanity request send
     cache: str | None = None  # the x-gateway-cache every answer must carry; the cache's counters are reported
+    redis: bool = False  # the run starts a redis-server; ``{redis_url}`` in the snippet is its URL
 
 
 GATEWAY_VARIANTS: list[GatewayVariant] = [
@@ -130,6 +131,18 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         "a GET route with `cache: {ttl: 1h}` (memory store): the sanity request fills the cache, so every "
         "measured request is a memory-cache hit and never reaches the upstream",
         cache="HIT",
+    ),
+    GatewayVariant(
+        "gateway-cache-hit-redis",
+        """
+        log: {access_log: false}
+        cache_store: {type: redis, url: "{redis_url}", timeout: 100ms}
+        upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
+        """,
+        "as `gateway-cache-hit`, with the entries in Redis (a local redis-server, no persistence): every "
+        "hit is one MGET round trip to Redis plus decoding the entry",
+        cache="HIT",
+        redis=True,
     ),
     GatewayVariant(
         "gateway-cache-miss",
@@ -178,8 +191,10 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def gateway_config(variant: GatewayVariant, port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
-    snippet = yaml.safe_load(variant.snippet) or {}
+def gateway_config(
+    variant: GatewayVariant, port: int, admin_port: int, upstream_port: int, redis_url: str = ""
+) -> dict[str, Any]:
+    snippet = yaml.safe_load(variant.snippet.replace("{redis_url}", redis_url)) or {}
     if not isinstance(snippet, dict):
         raise ValueError(f"variant {variant.name}: the snippet must be a YAML mapping")
     return deep_merge(base_gateway_config(port, admin_port, upstream_port), snippet)
@@ -645,12 +660,21 @@ def start_targets(
         note = f"bench/nginx_proxy.conf.template, {args.proxy_workers} worker(s), keepalive pool"
         targets.append(Target("nginx-proxy", "nginx", port, UPSTREAM_PATH, note, proc))
 
+    redis_url = ""
+    if any(v.redis and want(v.name) for v in variants):
+        redis_port = free_ports(1)[0]
+        redis_argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        redis = procs.start("redis", redis_argv)
+        wait_until(redis, lambda: port_open(redis_port), f"redis-server on port {redis_port}")
+        redis_url = f"redis://{HOST}:{redis_port}/0"
+
     for variant in variants:
         port, admin_port = next(ports), next(ports)
         if not want(variant.name):
             continue
         conf = procs.workdir / f"{variant.name}.yaml"
-        conf.write_text(yaml.safe_dump(gateway_config(variant, port, admin_port, up_port), sort_keys=False))
+        config = gateway_config(variant, port, admin_port, up_port, redis_url)
+        conf.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
         proc = procs.start(variant.name, argv, env=gateway_env())
         target = Target(
