@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from .config import Fault
-from .errors import FaultInjected
+from .errors import FaultInjected, UpstreamTimeout
 
 __all__ = ["FaultInjector"]
 
@@ -46,11 +46,18 @@ class FaultInjector:
             return abort.status
         return None
 
-    async def apply(self, upstream: str) -> None:
+    async def apply(self, upstream: str, budget: float | None = None) -> None:
         """Apply the configured faults to one request: maybe sleep ``delay.duration``, then maybe raise
-        FaultInjected (status ``abort.status``)."""
+        FaultInjected (status ``abort.status``). A delay longer than ``budget`` (the seconds left
+        before the request's ``total``) sleeps ``budget`` and raises UpstreamTimeout, as a slow
+        upstream would answer; no try is made, so no breaker sample either."""
         delay = self.should_delay()
         if delay > 0:
+            if budget is not None and delay > budget:
+                await self._sleep(max(0.0, budget))
+                raise UpstreamTimeout(
+                    f"upstream {upstream!r}: the total timeout ran out during an injected delay", upstream=upstream
+                )
             await self._sleep(delay)
         status = self.should_abort()
         if status is not None:

@@ -97,6 +97,7 @@ class Attempt:
     retry_after: float | None = None
     cut_by_total: bool = False
     resent: int = 0  # times aiohttp resent it by itself on a pooled connection found closed
+    sent: bool = True  # False: the deadline had passed, no try was made
 
     def discard(self) -> None:
         """Release the answer's connection before the next try."""
@@ -312,7 +313,7 @@ class Proxy:
         and breaker permit are held until the caller has relayed (or read) its answer."""
         upstream, route = call.upstream, call.route
         if route.fault is not None:
-            await route.fault.apply(upstream.name)
+            await route.fault.apply(upstream.name, call.deadline - time.monotonic())
         if route.limiter is not None:
             rate = route.policy.rate_limit
             key = rate.key if rate is not None else None
@@ -353,7 +354,10 @@ class Proxy:
                 if body.too_large:
                     raise BodyTooLarge(f"the request body is over the limit of {policy.limits.max_request_body} bytes")
                 raise RequestTimeout(f"the client sent no body data for {policy.timeouts.idle:g}s")
-            permit.record(attempt.outcome)
+            if attempt.sent:
+                permit.record(attempt.outcome)
+            else:
+                permit.release()
             decision = route.retry.decide(
                 call.method,
                 attempt.outcome,
@@ -391,8 +395,8 @@ class Proxy:
     ) -> Attempt:
         """Send one try and wait for its headers (and an error body's code, when its kind has one)."""
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Attempt(Outcome(outcomes.TIMEOUT), cut_by_total=True)
+        if remaining <= 0:  # nothing sent: not a sample of the upstream's health
+            return Attempt(Outcome(outcomes.TIMEOUT), cut_by_total=True, sent=False)
         per_try = route.policy.timeouts.per_try
         kind = upstream.policy.kind
         response = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Fault
-from gateway.errors import FaultInjected
+from gateway.errors import FaultInjected, UpstreamTimeout
 from gateway.fault import FaultInjector
+
+from .conftest import gateway_yaml
 
 
 def fault(**block) -> Fault:
@@ -94,3 +96,29 @@ async def test_zero_percent_never_fires():
 async def test_real_sleep_by_default():
     injector = FaultInjector(fault(delay={"percent": 100, "duration": "10ms"}), rand=Draws(0.5))
     await injector.apply("graph")
+
+
+async def test_a_delay_past_the_total_ends_at_the_deadline_with_a_timeout():
+    sleep = Sleeps()
+    injector = FaultInjector(fault(delay={"percent": 100, "duration": "2s"}), rand=Draws(0.0), sleep=sleep)
+    with pytest.raises(UpstreamTimeout):
+        await injector.apply("graph", budget=0.5)
+    assert sleep.seconds == [0.5]
+
+
+async def test_a_delay_past_the_total_is_no_breaker_sample(upstream_factory, gateway_factory):
+    up = await upstream_factory()
+    gw = await gateway_factory(
+        gateway_yaml(
+            {
+                "api": f"url: {up.url}\ntimeouts: {{total: 300ms}}\nbreaker: {{failure_threshold: 1}}\n"
+                "fault: {delay: {percent: 100, duration: 2s}}"
+            }
+        )
+    )
+    for _ in range(2):
+        async with gw.session.get(gw.url + "/api/x") as resp:
+            assert resp.status == 504
+            assert (await resp.json())["error"]["code"] == "upstream_timeout"
+    assert up.count == 0
+    assert gw.gateway.state.runtime.breakers()["api"].state == "closed"
