@@ -714,13 +714,16 @@ def _run(argv: Sequence[str]) -> str:
     return (done.stdout or done.stderr).strip()
 
 
-def machine() -> dict[str, str]:
-    model = "?"
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def machine() -> dict[str, str]:
+    model = cpu_model()
     versions: dict[str, str] = {}
     for mod in ("aiohttp", "uvloop", "yarl", "multidict"):
         try:
