@@ -233,9 +233,6 @@ class MemoryStore(Store):
             del self._entries[key]
         return len(doomed)
 
-    def has_upstream(self, upstream: str) -> bool:
-        return upstream in self._entries.per_upstream
-
     def stats(self) -> StoreStats:
         per = {name: {"entries": t[0], "bytes": t[1]} for name, t in self._entries.per_upstream.items()}
         return StoreStats(len(self._entries), int(self._entries.currsize), per)
