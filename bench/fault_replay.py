@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,13 +220,13 @@ def start_nginx(procs: Processes, sim_ports: dict[str, int]) -> int:
     return port
 
 
-def gateway_config(sim_ports: dict[str, int], port: int, admin_port: int) -> str:
-    """config/examples/sim.yaml with only the listen ports and the upstream URLs changed.
+def gateway_config(sim_ports: dict[str, int], port: int, admin_port: int, source: Path = SIM_CONFIG) -> str:
+    """``source`` (config/examples/sim.yaml) with only the listen ports and the upstream URLs changed.
 
     Done on the text, not through a YAML round trip: PyYAML reads ``on:`` as a boolean (YAML 1.1),
     the gateway as the key ``on`` (YAML 1.2), and the comments stay.
     """
-    text = SIM_CONFIG.read_text()
+    text = source.read_text()
     replacements = {
         "listen: {host: 127.0.0.1, port: 8080}": f"listen: {{host: {HOST}, port: {port}}}",
         "listen: {host: 127.0.0.1, port: 9901}": f"listen: {{host: {HOST}, port: {admin_port}}}",
@@ -234,15 +234,23 @@ def gateway_config(sim_ports: dict[str, int], port: int, admin_port: int) -> str
     }
     for old, new in replacements.items():
         if old not in text:
-            raise RuntimeError(f"{SIM_CONFIG}: expected {old!r} in it, to point the gateway at the sim")
+            raise RuntimeError(f"{source}: expected {old!r} in it, to point the gateway at the sim")
         text = text.replace(old, new)
     return text
 
 
-def start_gateway(procs: Processes, sim_ports: dict[str, int]) -> int:
+def _shown(path: Path) -> str:
+    """A path as written in the report: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_DIR))
+    except ValueError:
+        return str(path)
+
+
+def start_gateway(procs: Processes, sim_ports: dict[str, int], source: Path = SIM_CONFIG) -> int:
     port, admin_port = free_ports(2)
     conf = procs.workdir / "gateway.yaml"
-    conf.write_text(gateway_config(sim_ports, port, admin_port))
+    conf.write_text(gateway_config(sim_ports, port, admin_port, source))
     argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
     proc = procs.start("gateway", argv, env=gateway_env())
     wait_until(proc, lambda: http_request(admin_port, "GET", "/readyz")[0] == 200, "GET /readyz 200")
@@ -259,7 +267,7 @@ class Result:
     status: int  # 0: no HTTP answer (connection error, client timeout)
     latency: float  # seconds, from the scheduled time to the end of the body
     cache: str = ""  # x-gateway-cache or X-Cache-Status
-    error: str = ""
+    error: str = ""  # no answer: why; a gateway-made answer: its x-gateway-error code
 
 
 class Progress:
@@ -288,7 +296,8 @@ async def _one(session: aiohttp.ClientSession, base: dict[str, str], call: Call,
         async with session.request(call.method, url, headers=call.headers, data=call.body) as resp:
             await resp.read()
             cache = resp.headers.get("x-gateway-cache") or resp.headers.get("X-Cache-Status") or ""
-            return Result(call.at, call.route, resp.status, time.monotonic() - t0 - call.at, cache.upper())
+            made = resp.headers.get("x-gateway-error", "")  # the gateway's own answer, not the upstream's
+            return Result(call.at, call.route, resp.status, time.monotonic() - t0 - call.at, cache.upper(), made)
     except TimeoutError:
         return Result(call.at, call.route, 0, time.monotonic() - t0 - call.at, error="client timeout")
     except aiohttp.ClientError as exc:
@@ -353,6 +362,13 @@ def ok(result: Result) -> bool:
     return 200 <= result.status < 300 or result.status in ROUTE_BY_NAME[result.route].ok
 
 
+def _answer(r: Result) -> str:
+    """``200``; ``503 breaker_open`` for an answer the gateway made; an exception's name when none came."""
+    if not r.status:
+        return r.error or "error"
+    return f"{r.status} {r.error}" if r.error else str(r.status)
+
+
 def summarize(results: list[Result], routes: Sequence[Route], sim_stats: dict[str, Any]) -> dict[str, Any]:
     """Per route and per kind: counts, success, latency percentiles, amplification, stale answers."""
     sim_counts = {
@@ -365,7 +381,7 @@ def summarize(results: list[Result], routes: Sequence[Route], sim_stats: dict[st
     def block(rs: list[Result], upstream_requests: int | None) -> dict[str, Any]:
         lat = [r.latency * 1000 for r in rs]
         good = sum(1 for r in rs if ok(r))
-        statuses = Counter(str(r.status) if r.status else (r.error or "error") for r in rs)
+        statuses = Counter(_answer(r) for r in rs)
         caches = Counter(r.cache for r in rs if r.cache)
         return {
             "requests": len(rs),
@@ -483,11 +499,17 @@ def report_markdown(data: dict[str, Any], png: str | None = None) -> str:
         f"- scenario: `{meta['scenario']}` ({meta['scenario_description']}); outage windows: "
         + ("; ".join(_window(w) for w in meta["outages"]) or "none"),
         f"- open loop: {meta['rate']:g} req/s for {meta['duration']:g} s per path ({meta['requests']} requests,"
-        f" the same schedule on every path, seed {meta['seed']}); client timeout {CLIENT_TIMEOUT:g} s",
+        f" the same schedule on every path, seed {meta['seed']}); client timeout {CLIENT_TIMEOUT:g} s;"
+        + (
+            f" each path first warmed up with the schedule's first {meta['warmup']:g} s, not measured"
+            if meta.get("warmup")
+            else " no warm-up: every path starts cold"
+        ),
         f"- mix (weights): {', '.join(f'{k} {v:g}' for k, v in meta['weights'].items())}",
         f"- machine: {m['nproc']} CPU ({m['cpu']}), load average at start {m['loadavg']}, Linux {m['kernel']},"
         f" Python {m['python']}, aiohttp {m['aiohttp']}, nginx {m['nginx']}, gateway {m['gateway']}",
-        f"- paths: {', '.join(data['paths'])}; the sim's scenario clock restarted before each path",
+        f"- paths: {', '.join(data['paths'])}; the sim's scenario clock restarted before each path;"
+        f" the gateway runs `{meta.get('config', 'config/examples/sim.yaml')}`",
         "",
         "## Summary",
         "",
@@ -538,6 +560,8 @@ def report_markdown(data: dict[str, Any], png: str | None = None) -> str:
         " and bot_profiles are both the sim's `supabase.rest_read`; the figure is for the two together.",
         "- stale: answers marked `x-gateway-cache: STALE` (gateway) or `X-Cache-Status: STALE`/`UPDATING` (nginx);"
         " hits: `HIT`.",
+        "- answers: status counts; `503 breaker_open` and the like are answers the gateway made (its"
+        " `x-gateway-error` code), a bare status is the upstream's (nginx's 502s are its own).",
         "- duplicate sends: the sim's `messages.duplicates_delivered` (a message body delivered more than once).",
     ]
     if png:
@@ -633,6 +657,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of direct,nginx,gateway")
     ap.add_argument("--weights", type=parse_weights, default=None, help="route=weight,... (see the ROUTES table)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the schedule (default 7)")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of the same traffic before each path's measured run, under the same scenario,\n"
+        "not measured: caches and pools as a long-running process has them (default 30, quick 0)",
+    )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=SIM_CONFIG,
+        help="the gateway's configuration, its listen ports and upstream URLs rewritten (default: %(default)s)",
+    )
     ap.add_argument("--no-save", action="store_true", help="write nothing under bench/results/")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON here")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -640,6 +677,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.rate = args.rate or (15.0 if args.quick else 40.0)
     args.duration = args.duration or (14.0 if args.quick else 150.0)
+    if args.warmup is None:
+        args.warmup = 0.0 if args.quick else 30.0
     args.weights = args.weights or {r.name: r.weight for r in ROUTES}
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = [p for p in args.paths if p not in PATHS]
@@ -669,8 +708,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "scenario_description": scenario.get("description", ""),
             "rate": args.rate,
             "duration": args.duration,
+            "warmup": args.warmup,
             "requests": len(calls),
             "seed": args.seed,
+            "config": _shown(args.config),
             "weights": {r.name: args.weights[r.name] for r in routes},
             "machine": machine(),
             "outages": [],
@@ -693,9 +734,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     proxy = procs.procs[-1]
                     base = {up: f"http://{HOST}:{port}/{up}" for up in SIM_UPSTREAMS}
                 else:
-                    port = start_gateway(procs, sim_ports)
+                    port = start_gateway(procs, sim_ports, args.config)
                     proxy = procs.procs[-1]
                     base = {up: f"http://{HOST}:{port}/{up}" for up in SIM_UPSTREAMS}
+                if args.warmup > 0:  # fill caches and pools as a long-running process has them; not measured
+                    sim_restart(sim_ports)
+                    warm = [c for c in calls if c.at < args.warmup]
+                    asyncio.run(replay(base, warm, f"{name} (warm-up)", progress))
                 sim_restart(sim_ports)
                 results = asyncio.run(replay(base, calls, f"{name} ({data['meta']['scenario']})", progress))
                 stats = sim_get_stats(sim_ports)
@@ -711,6 +756,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary["messages"] = {k: v for k, v in stats.get("messages", {}).items() if k != "repeated"}
             summary["timeline"] = timeline(results, args.duration)
             data["paths"][name] = summary
+            if args.json is not None:  # every request, for questions the report does not answer
+                summary["results"] = [astuple(r) for r in results]
     return data
 
 
