@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import yaml
 
 from . import __version__
-from .config import config_path, load_config, redacted
+from .config import config_path, escape_dollars, load_config, redacted
 from .errors import ConfigError
-from .logs import configure, event
+from .logs import configure, event, redact_data, redact_text
 
 __all__ = ["main"]
 
@@ -57,7 +57,7 @@ def run(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact_text(str(exc)), file=sys.stderr)  # a problem may quote a secret's value
         return 1
     configure(config.log.level, config.log.format, config.log.access_log)
     from .server import Gateway
@@ -82,10 +82,11 @@ def check(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact_text(str(exc)), file=sys.stderr)  # a problem may quote a secret's value
         return 1
     print(f"# {path}: valid. Effective configuration, secrets shown as ***:")
-    print(yaml.safe_dump(redacted(config), sort_keys=False, default_flow_style=False), end="")
+    shown = escape_dollars(redact_data(redacted(config)))  # '$$' as in the file: the output is a valid config
+    print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False), end="")
     return 0
 
 

@@ -38,12 +38,14 @@ from .errors import ConfigError
 from .routing import PathPattern, PatternError
 from .units import (
     format_duration,
+    format_percent,
     format_rate,
     format_size,
     parse_duration,
     parse_percent,
     parse_rate,
     parse_size,
+    shown,
 )
 
 __all__ = [
@@ -107,7 +109,7 @@ Rate = Annotated[
 Percent = Annotated[
     float,
     _unit(parse_percent, "percent"),
-    PlainSerializer(lambda v: f"{v * 100:g}%", return_type=str),
+    PlainSerializer(format_percent, return_type=str),
     WithJsonSchema(
         {
             "anyOf": [
@@ -119,7 +121,7 @@ Percent = Annotated[
 ]
 Secret = Annotated[str, PlainSerializer(lambda v: "***" if v else "", return_type=str)]
 
-_TOKEN = re.compile(r"connect-failure|timeout|reset|[1-5]xx|[1-5]\d\d|code:[A-Za-z0-9_.\-]+")
+_TOKEN = re.compile(r"connect-failure|timeout|reset|[1-5]xx|[1-5]\d\d|code:[A-Za-z0-9_.\-]+", re.ASCII)
 
 
 def _outcome_token(value: object) -> str:
@@ -128,14 +130,14 @@ def _outcome_token(value: object) -> str:
         raise _error(
             "outcome",
             "expected an outcome: connect-failure, timeout, reset, a status like 503, "
-            f"a class like 5xx, or code:N; got {value!r}",
+            f"a class like 5xx, or code:N; got {shown(value)}",
         )
     return token
 
 
 def _method(value: object) -> str:
     if not isinstance(value, str) or value.upper() not in METHODS:
-        raise _error("method", f"expected one of {' '.join(METHODS)}, got {value!r}")
+        raise _error("method", f"expected one of {' '.join(METHODS)}, got {shown(value)}")
     return value.upper()
 
 
@@ -145,7 +147,7 @@ Method = Annotated[str, BeforeValidator(_method), WithJsonSchema({"enum": list(M
 
 def _pattern(value: object) -> str:
     if not isinstance(value, str):
-        raise _error("pattern", f"expected a path pattern like '/v1/{{id}}', got {value!r}")
+        raise _error("pattern", f"expected a path pattern like '/v1/{{id}}', got {shown(value)}")
     try:
         PathPattern.compile(value)
     except PatternError as exc:
@@ -194,6 +196,18 @@ class CacheStore(Model):
     url: Secret | None = Field(None, repr=False)
     prefix: str = "gw:"
     timeout: Duration = 0.1
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        try:
+            url = URL(value) if value else None
+        except ValueError:
+            url = URL()
+        if url is not None and not ((url.scheme in ("redis", "rediss") and url.host) or url.scheme == "unix"):
+            # the URL may hold a password: it is not quoted
+            raise _error("url", "expected a redis URL like 'redis://127.0.0.1:6379/0' (redis, rediss or unix)")
+        return value
 
 
 class Timeouts(Model):
@@ -328,19 +342,52 @@ class Upstream(Policies):
         except ValueError:
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
-            raise _error("url", f"expected an http(s) URL with a host and no query, got {value!r}")
+            raise _error("url", f"expected an http(s) URL with a host and no query, got {shown(value)}")
         return value.rstrip("/")
 
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"(/[A-Za-z0-9_.\-~]+)+", value):
-            raise _error("prefix", f"expected a path prefix like '/graph' (no trailing slash), got {value!r}")
+        if value is not None and (
+            not re.fullmatch(r"(/[A-Za-z0-9_.\-~]+)+", value) or {".", ".."} & set(value.split("/"))
+        ):  # a '.' or '..' segment: no request could reach it (dot segments are refused)
+            expected = "expected a path prefix like '/graph' (no trailing slash, no dot segment)"
+            raise _error("prefix", f"{expected}, got {shown(value)}")
         return value
+
+    @field_validator("set_headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise _error("header", f"{shown(name)} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if _HEADER_VALUE_BAD.search(text):  # the value is a secret: never quoted
+                raise _error("header", f"the value of {name!r} holds a control character or is not text")
+        return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
 class Readiness(Model):
     require: tuple[str, ...] = ()
+
+
+class Server(Model):
+    """The proxy port's client connections. Not in the contract's first version: defaults follow
+    nginx and Envoy (``client_header_timeout``, ``keepalive_timeout``, ``worker_connections``)."""
+
+    header_timeout: Duration = Field(
+        10.0, gt=0, description="the request line and headers must arrive within this, else 408 and close"
+    )
+    keepalive_timeout: Duration = Field(75.0, gt=0, description="an idle client connection is closed after this")
+    max_connections: int = Field(
+        1000, ge=1, description="open client connections; lowered at start to what RLIMIT_NOFILE allows"
+    )
+    max_request_line: Size = Field(16 * 1024, ge=256, description="longest request line; longer: 414")
+    max_header_size: Size = Field(8 * 1024, ge=256, description="longest header (name and value); longer: 431")
+    max_headers: int = Field(128, ge=8, description="most header lines in a request; more: 431")
 
 
 class Config(Model):
@@ -355,6 +402,7 @@ class Config(Model):
     defaults: Policies = Policies()
     upstreams: dict[Annotated[str, Field(pattern=r"^[a-z0-9_\-]+$")], Upstream] = {}
     readiness: Readiness = Readiness()
+    server: Server = Server()
 
 
 # --------------------------------------------------------------------------- resolved policies
@@ -488,10 +536,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             if line is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first written on line {line})", key_node.start_mark
+                    None, None, f"duplicate key {shown(key)} (first written on line {line})", key_node.start_mark
                 )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:  # a scalar its tag cannot read: '!!int x', an integer of 5000 digits, a bad date
+            problem = "a number with too many digits" if "integer string conversion" in str(exc) else _clip(str(exc))
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 # The class's own copy of SafeLoader's resolvers, without YAML 1.1's booleans, then YAML 1.2's.
@@ -513,16 +568,39 @@ def _path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if len(text) > 60 or not text.isprintable():  # a key as written: kept to one short line
+                text = shown(text)
+            out += ("." if out else "") + text
     return out or "(top level)"
 
 
-def interpolate(node: Any, env: Mapping[str, str], problems: list[str], loc: tuple[Any, ...] = ()) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value; ``$$`` is a literal ``$``."""
+def interpolate(
+    node: Any,
+    env: Mapping[str, str],
+    problems: list[str],
+    loc: tuple[Any, ...] = (),
+    done: dict[int, Any] | None = None,
+) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value; ``$$`` is a literal ``$``.
+
+    A mapping or list that YAML aliases (``*name``) make appear many times is done once and
+    shared, as YAML shares it: nested aliases cannot make the work grow exponentially, and a
+    structure that holds itself does not recurse forever.
+    """
+    done = {} if done is None else done
+    if isinstance(node, (dict, list)) and id(node) in done:
+        return done[id(node)]
     if isinstance(node, dict):
-        return {k: interpolate(v, env, problems, (*loc, k)) for k, v in node.items()}
+        out: dict[Any, Any] = done.setdefault(id(node), {})
+        for k, v in node.items():
+            out[k] = interpolate(v, env, problems, (*loc, k), done)
+        return out
     if isinstance(node, list):
-        return [interpolate(v, env, problems, (*loc, i)) for i, v in enumerate(node)]
+        items: list[Any] = done.setdefault(id(node), [])
+        for i, v in enumerate(node):
+            items.append(interpolate(v, env, problems, (*loc, i), done))
+        return items
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -542,18 +620,30 @@ def interpolate(node: Any, env: Mapping[str, str], problems: list[str], loc: tup
     return _VAR.sub(substitute, node)
 
 
+def escape_dollars(node: Any) -> Any:
+    """Undo ``interpolate`` for text meant to be read again: a string that would be interpolated
+    (it holds ``$$`` or ``${…}``) gets every ``$`` doubled, so it reads back as the same value."""
+    if isinstance(node, dict):
+        return {k: escape_dollars(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [escape_dollars(v) for v in node]
+    if isinstance(node, str) and _VAR.search(node):
+        return node.replace("$", "$$")
+    return node
+
+
 def _describe(error: Any) -> str:
     kind, msg, value = error["type"], error["msg"], error.get("input")
     loc = _path(error["loc"])
     if kind == "extra_forbidden":
         return f"{loc}: unknown key"
     if loc.endswith(".[key]"):
-        return f"{loc[:-6]}: names use a-z, 0-9, '_' and '-', got {value!r}"
+        return f"{loc[:-6]}: names use a-z, 0-9, '_' and '-', got {shown(value)}"
     if kind == "missing":
         return f"{loc}: required key is missing"
-    if kind in {"duration", "size", "rate", "percent", "outcome", "method", "pattern", "url", "prefix"}:
+    if kind in {"duration", "size", "rate", "percent", "outcome", "method", "pattern", "url", "prefix", "header"}:
         return f"{loc}: {msg}"
-    return f"{loc}: {msg[0].lower() + msg[1:]}, got {value!r}"
+    return f"{loc}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
 
 
 def _unknown_key_hint(error: Any) -> str:
@@ -595,7 +685,7 @@ def _cross_checks(config: Config) -> list[str]:
         if not loopback:
             problems.append(
                 "admin.token: required when admin.listen.host is not loopback "
-                f"(got host {config.admin.listen.host!r}); set GATEWAY_ADMIN_TOKEN"
+                f"(got host {shown(config.admin.listen.host)}); set GATEWAY_ADMIN_TOKEN"
             )
     redis = config.cache_store.type == "redis"
     if redis and not config.cache_store.url:
@@ -627,7 +717,7 @@ def _cross_checks(config: Config) -> list[str]:
             if rl is not None:
                 if rl.key is not None and rl.key not in params:
                     problems.append(
-                        f"{here}.rate_limit.key: {rl.key!r} is not a parameter of the route's path "
+                        f"{here}.rate_limit.key: {shown(rl.key)} is not a parameter of the route's path "
                         f"{route.match.path!r} (parameters: {', '.join(params) or 'none'})"
                     )
                 if rl.scope == "global" and not redis:
@@ -639,9 +729,11 @@ def _cross_checks(config: Config) -> list[str]:
                         f"{here}.invalidates[{j}]: parameter {{{missing[0]}}} is not captured by the route's path "
                         f"{route.match.path!r}"
                     )
-        for where, scope in [("defaults", config.defaults), *scopes]:
+        for where, scope in scopes:
             if scope.breaker is not None and scope.breaker.shared and not redis:
                 problems.append(f"{where}.breaker.shared: true needs cache_store.type redis")
+    if config.defaults.breaker is not None and config.defaults.breaker.shared and not redis:
+        problems.append("defaults.breaker.shared: true needs cache_store.type redis")
     for i, name in enumerate(config.readiness.require):
         if name not in config.upstreams:
             problems.append(f"readiness.require[{i}]: no upstream named {name!r}")
@@ -663,10 +755,9 @@ def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | N
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from None
+        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
+    except RecursionError:
+        raise ConfigError(source, ["invalid YAML: nested too deeply"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -689,6 +780,24 @@ def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | N
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """The first line of ``text``, cut to ``limit`` characters, what cannot be printed escaped."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line: where (line, column) and what, for any error of the YAML loader."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int):  # a character YAML refuses
+        line = text.count("\n", 0, exc.position) + 1
+        where = f"line {line}, column {exc.position - text.rfind(chr(10), 0, exc.position)}: "
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}invalid YAML: {_clip(problem)}"
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -720,6 +829,8 @@ def redacted(config: Config) -> dict[str, Any]:
         for route, out in zip(up.routes, entry.get("routes", []), strict=True):
             out.setdefault("name", route.name)
             for block in ("timeouts", "retry", "breaker"):
+                if block == "breaker" and route.breaker_name == up.name:
+                    continue  # the upstream's breaker, shared: a breaker block would give the route one of its own
                 out[block] = getattr(route, block).model_dump(mode="json", exclude_none=True)
     if config.cache_store.url:
         data["cache_store"]["url"] = _redact_url(config.cache_store.url)
@@ -731,4 +842,8 @@ def _redact_url(url: str) -> str:
         parsed = URL(url)
     except ValueError:
         return "***"
-    return str(parsed.with_password("***")) if parsed.password else url
+    if not parsed.scheme:  # not read as a URL: its userinfo, if any, cannot be told apart
+        return "***"
+    if parsed.password:
+        return str(parsed.with_password("***"))
+    return str(parsed.with_user("***")) if parsed.user else url  # a bare token as the user

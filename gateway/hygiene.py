@@ -1,7 +1,7 @@
 """Request hygiene: what is refused before routing, and which headers cross the gateway.
 
 Owns the contract's refusals (absolute- and authority-form targets, CONNECT, dot segments raw or
-percent-encoded, encoded slashes, empty segments, Content-Length together with
+percent-encoded, encoded slashes, empty segments, a '#' anywhere, Content-Length together with
 Transfer-Encoding, control characters in header values) and the header filters in both
 directions (hop-by-hop headers and those named by ``Connection`` dropped, ``Host`` left for the
 client to set from the upstream URL, ``set_headers`` injected, ``x-request-id`` carried).
@@ -38,9 +38,11 @@ def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) 
         raise BadRequest("CONNECT is not supported: the gateway is not an open proxy")
     if not raw_target.startswith("/") or raw_target.startswith("//"):
         raise BadRequest("only origin-form request targets ('/path?query') are accepted")
+    if "#" in raw_target:  # a fragment is never sent to a server; forwarded, the query would lose its tail
+        raise BadRequest("the request target contains '#'")
     path, _, _ = raw_target.partition("?")
-    if "#" in path or "\\" in path:
-        raise BadRequest("the request path contains '#' or '\\'")
+    if "\\" in path:
+        raise BadRequest("the request path contains '\\'")
     if _ENCODED_SEPARATOR.search(path):
         raise BadRequest("the request path contains an encoded '/' or '\\'")
     segments = path.split("/")

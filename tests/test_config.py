@@ -92,7 +92,7 @@ BROKEN = [
         "unknown_top_level_key",
         "listn: {port: 8080}\n",
         "listn: unknown key (expected one of: listen, admin, log, drain, watch, cache_store, defaults, "
-        "upstreams, readiness)",
+        "upstreams, readiness, server)",
     ),
     Broken(
         "unknown_nested_key",
