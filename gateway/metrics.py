@@ -8,10 +8,19 @@ sets (method, status, outcome, reason), never raw paths or ids. Components recei
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -110,6 +119,22 @@ class Metrics:
             ["upstream", "route", "to"],
             registry=r,
         )
+        self.connections = Gauge(
+            "gateway_proxy_connections",
+            "Client connections open on the proxy port.",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "gateway_proxy_connections_closed_total",
+            "Client connections the gateway closed itself, by reason: max_connections (refused with 503 at "
+            "the limit), evicted (idle, closed to make room at the limit), header_timeout.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("max_connections", "evicted", "header_timeout"):
+            self.connections_closed.labels(reason)
+        r.register(_Tasks())
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, … (Linux /proc)
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoised: the request path asks for the same few children
@@ -165,3 +190,15 @@ class _CacheSize(Collector):
         yield GaugeMetricFamily(
             "gateway_cache_bytes", "Bytes held by the cache store (bodies, headers, bookkeeping).", value=size
         )
+
+
+class _Tasks(Collector):
+    """``gateway_asyncio_tasks``: the event loop's live tasks when scraped (a task leak shows here
+    before it shows in memory)."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            count = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped with no running loop (a test calling render() directly)
+            return
+        yield GaugeMetricFamily("gateway_asyncio_tasks", "Tasks alive on the gateway's event loop.", value=count)

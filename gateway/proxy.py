@@ -14,6 +14,12 @@ The request body is read into memory only when it is small enough to replay
 (``max_replay_body``); otherwise it streams, once. Answers stream back chunk by chunk as they
 arrive (server-sent events included); nothing is buffered whole except an error body of at most
 64 KiB read to find its API code, and an answer being cached (at most ``max_entry_bytes``).
+
+Failures that are not the upstream's are no breaker sample: a client that leaves mid-body
+(logged 499 ``client_disconnected``), a body whose chunk framing breaks (400, connection
+closed), a connect refused by the gateway's own host for want of descriptors (EMFILE: 503
+``overloaded``). An upstream answer that cannot be relayed safely (a 101, a control character
+in a header value) counts as a reset: 502 ``upstream_reset``, none of its bytes sent on.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import errno
 import logging
 import re
 import time
@@ -32,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import cache as cachemod
@@ -47,6 +56,7 @@ from .errors import (
     FaultInjected,
     GatewayError,
     NoRoute,
+    Overloaded,
     RequestTimeout,
     UpstreamReset,
     UpstreamTimeout,
@@ -67,6 +77,22 @@ __all__ = ["Proxy"]
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _READS = frozenset({"GET", "HEAD"})
+# Control characters an upstream's header value must not carry to the client (tab is allowed).
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Errors of the gateway's own host, not of the upstream: out of descriptors or buffers.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request body was being read."""
+
+
+class MalformedBody(BadRequest):
+    """The request body's framing broke after its head was accepted (a bad chunk size)."""
+
+
+class _MalformedAnswer(aiohttp.ClientError):
+    """The upstream's answer cannot be relayed: a 1xx status or a control character in a header."""
 
 
 @dataclass(slots=True)
@@ -97,7 +123,8 @@ class Attempt:
     retry_after: float | None = None
     cut_by_total: bool = False
     resent: int = 0  # times aiohttp resent it by itself on a pooled connection found closed
-    sent: bool = True  # False: the deadline had passed, no try was made
+    sent: bool = True  # False: no try reached the upstream (deadline passed, or a local failure)
+    local: bool = False  # the gateway's own host failed the connect (out of file descriptors)
 
     def discard(self) -> None:
         """Release the answer's connection before the next try."""
@@ -132,6 +159,7 @@ class RequestBody:
         self.started = False
         self.too_large = False
         self.stalled = False
+        self.broken: ClientGone | MalformedBody | None = None  # the client's side failed mid-stream
 
     @classmethod
     async def read(cls, request: web.BaseRequest, limit: int, replay_limit: int, idle: float) -> RequestBody:
@@ -141,6 +169,10 @@ class RequestBody:
             raise BodyTooLarge(f"the request body is {length} bytes, over the limit of {limit}")
         if not request.body_exists:
             return cls(request, None, b"", limit, idle)
+        if request.version == HttpVersion11 and request.headers.get("expect", "").lower() == "100-continue":
+            # The client waits for this before sending the body (curl: 1 s, then sends anyway).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
         if length is not None and length > replay_limit:
             return cls(request, None, b"", limit, idle)  # streamed, Content-Length kept
         want = (length if length is not None else replay_limit + 1) or 0
@@ -163,6 +195,10 @@ class RequestBody:
                 return await request.content.read(min(n, 1 << 16))
         except TimeoutError:
             raise RequestTimeout(f"the client sent no body data for {idle:g}s") from None
+        except (HttpProcessingError, aiohttp.web.RequestPayloadError):
+            raise MalformedBody("the request body's framing is malformed (chunk size or length)") from None
+        except ConnectionError:
+            raise ClientGone("the client closed the connection before the end of its body") from None
 
     @property
     def replayable(self) -> bool:
@@ -193,6 +229,12 @@ class RequestBody:
             except TimeoutError:
                 self.stalled = True
                 raise
+            except (HttpProcessingError, aiohttp.web.RequestPayloadError):
+                self.broken = MalformedBody("the request body's framing is malformed (chunk size or length)")
+                raise self.broken from None
+            except ConnectionError:
+                self.broken = ClientGone("the client closed the connection before the end of its body")
+                raise self.broken from None
             if not chunk:
                 return
             sent += len(chunk)
@@ -249,6 +291,12 @@ class Proxy:
             response = await self._serve(request, ex)
         except GatewayError as err:
             response = self._refuse(err, ex)
+            if isinstance(err, MalformedBody):  # the framing is lost: nothing more can be read
+                response.force_close()
+        except ClientGone:  # nobody to answer; 499 as nginx logs it
+            ex.status, ex.error = 499, "client_disconnected"
+            response = web.Response(status=499)
+            response.force_close()
         except Exception:  # a bug: answer 500, keep serving
             log.exception("unexpected error in the gateway", extra={"fields": {"request_id": rid}})
             response = self._refuse(GatewayError("internal error in the gateway"), ex)
@@ -348,9 +396,11 @@ class Proxy:
                 self.metrics.child(self.metrics.tries, *labels, outcomes.RESET).inc(attempt.resent)
                 self.metrics.child(self.metrics.retries, *labels, "stale-connection").inc(attempt.resent)
             self.metrics.child(self.metrics.tries, *labels, attempt.outcome.label).inc()
-            if body.too_large or body.stalled:  # the client's fault, not the upstream's: no sample
+            if body.too_large or body.stalled or body.broken:  # the client's fault, not the upstream's: no sample
                 permit.release()
                 attempt.discard()
+                if body.broken is not None:
+                    raise body.broken
                 if body.too_large:
                     raise BodyTooLarge(f"the request body is over the limit of {policy.limits.max_request_body} bytes")
                 raise RequestTimeout(f"the client sent no body data for {policy.timeouts.idle:g}s")
@@ -412,12 +462,16 @@ class Proxy:
                     timeout=route.client_timeout,
                     trace_request_ctx=sends,
                 )
+                _screen_answer(response, upstream.name)
                 peeked = b""
                 if outcomes.needs_body(kind, response.status):
                     peeked = await _peek(response)
         except (aiohttp.ClientError, TimeoutError, OSError, BodyTooLarge) as exc:
             if response is not None:
                 response.close()
+            if _local_failure(exc):  # not the upstream's doing: no breaker sample (see _failure)
+                event("no file descriptor left to connect upstream", logging.WARNING, upstream=upstream.name)
+                return Attempt(Outcome(outcomes.CONNECT_FAILURE), sent=False, local=True, resent=sends.resent)
             outcome = Outcome(outcomes.classify_exception(exc))
             return Attempt(outcome, cut_by_total=per_try > remaining, resent=sends.resent)
         code = outcomes.api_error_code(kind, peeked) if peeked else None
@@ -791,8 +845,38 @@ async def _peek(response: aiohttp.ClientResponse) -> bytes:
     return bytes(buf)
 
 
+def _screen_answer(response: aiohttp.ClientResponse, upstream: str) -> None:
+    """Raise _MalformedAnswer for an answer that must not reach the client.
+
+    A 1xx here is a 101 (aiohttp reads the other 1xx itself): the gateway never forwards
+    ``Upgrade``, so a switch of protocols is an upstream's error, and relaying it would leave
+    the client on a raw byte stream. A control character in a header value would be refused by
+    the writer to the client mid-answer; checked here, it is a clean 502."""
+    why = None
+    if response.status < 200:
+        why = f"status {response.status}"
+    elif any(_BAD_HEADER_VALUE.search(value) for value in response.headers.values()):
+        why = "a control character in a header value"
+    if why is not None:
+        event("upstream answer refused", logging.WARNING, upstream=upstream, reason=why)
+        raise _MalformedAnswer(why)
+
+
+def _local_failure(exc: BaseException) -> bool:
+    """Whether a connect failed for want of the gateway's own resources (EMFILE and kin)."""
+    error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return isinstance(error, OSError) and error.errno in _LOCAL_ERRNOS
+
+
 def _failure(attempt: Attempt, upstream: str, attempts: int, per_try: float) -> GatewayError:
     kind = attempt.outcome.kind
+    if attempt.local:
+        return Overloaded(
+            "the gateway has no file descriptor left to connect upstream",
+            upstream=upstream,
+            attempts=attempts,
+            retry_after=1,
+        )
     if kind == outcomes.CONNECT_FAILURE:
         return UpstreamUnreachable(f"could not connect to upstream {upstream!r}", upstream=upstream, attempts=attempts)
     if kind == outcomes.TIMEOUT:

@@ -7,28 +7,48 @@ readyz turns 503, the gateway keeps serving for ``drain.delay`` (the time a load
 to stop sending), closes the listener, answers any request that still arrives on an open
 connection with 503 ``draining``, waits up to ``drain.timeout`` for in-flight requests, and
 exits 0. A second signal skips the remaining delay.
+
+The proxy port's connections are hardened here (``_ProxyProtocol``, ``_ProxyServer``, the
+``server:`` block): a deadline for the request head, no pipelining, 414/431 for oversized
+heads, and a connection limit derived from RLIMIT_NOFILE that closes idle connections to make
+room before it refuses new ones with 503 ``overloaded``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import resource
 import signal
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from .admin import build_admin_app
 from .breakersync import BreakerSync
 from .cache import ResponseCache
 from .cachestore import FallbackStore, MemoryStore, RedisStore, Store
-from .config import Config, load_config
-from .errors import BadRequest, BodyTooLarge, ConfigError, GatewayError, error_response
+from .config import Config, Server, load_config
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    ConfigError,
+    GatewayError,
+    Overloaded,
+    RequestTimeout,
+    error_response,
+)
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -38,7 +58,7 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
 
-__all__ = ["Gateway", "State"]
+__all__ = ["Gateway", "State", "descriptor_budget"]
 
 
 @dataclass(slots=True)
@@ -52,12 +72,144 @@ class State:
     inflight: int = 0
 
 
-class _ProxyProtocol(RequestHandler):
-    """aiohttp's connection handler, with the contract's answer for requests its parser refuses.
+# File descriptors kept aside from client connections: listeners, the event loop, logs, Redis,
+# admin connections, resolver threads. Each client connection may hold an upstream socket too.
+FD_RESERVE = 64
+# A connection that has sent nothing yet may be closed to make room at the limit after this long.
+FRESH_GRACE = 1.0
 
-    aiohttp's own answer echoes the offending bytes and logs them with a traceback; a malformed
-    header may be a credential, so the gateway answers ``bad_request`` and logs only the status.
+
+class _Refused(BadHttpMessage):
+    """A request aiohttp parsed but the gateway refuses before any handler sees it."""
+
+
+class _ProxyProtocol(RequestHandler):
+    """aiohttp's connection handler, hardened for the proxy port.
+
+    - Requests its parser refuses get the contract's answer: aiohttp's own echoes the offending
+      bytes and logs them with a traceback (a malformed header may be a credential). Too many or
+      too long headers get 431, a too long request line 414, anything else 400, all ``bad_request``.
+    - The request head (request line and headers) must arrive within ``server.header_timeout``
+      of its first byte (of the connection's start, for the first request): else 408, closed.
+    - Only HTTP/1.0 and 1.1; HTTP/1.0 with Transfer-Encoding is refused (RFC 9112 §6.1).
+    - No pipelining: a request whose bytes arrive before the previous one on the connection was
+      answered is refused with 400 and the connection closed after that answer. No HTTP client
+      the backend uses pipelines; refusing it means bytes past a body's declared length can never
+      become a request the upstream receives ("request smuggling").
+    - A framing error in a body being read (a bad chunk size) fails that body's read at once.
+    - Connections are counted against ``server.max_connections`` (see ``_ProxyServer.admit``).
     """
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = manager  # aiohttp drops its own reference at connection_lost
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = False  # part of a request head has arrived, not all of it
+        self._last_payload: StreamReader | None = None  # the body of the last request parsed
+        self._unanswered = 0  # requests parsed whose answer is not yet finished
+        self.admitted = False
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._gate.admit(self):
+            error = Overloaded(
+                f"the gateway has {self._gate.max_connections} client connections open, its limit", retry_after=1
+            )
+            cast(asyncio.Transport, transport).write(_raw_answer(error))
+            transport.close()
+            return
+        self.admitted = True
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.admitted:
+            return
+        self._disarm_head_timer()
+        self._gate.release(self)
+        super().connection_lost(exc)
+
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one (the server is at its limit)."""
+        self._gate.release(self)
+        self.force_close()
+
+    # ------------------------------------------------------------------ reading requests
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted or self._force_close or self._close:
+            return
+        expecting_head = self._last_payload is None or self._last_payload.is_eof()
+        before = len(self._messages)
+        super().data_received(data)
+        after = len(self._messages)
+        if after > before:
+            self._disarm_head_timer()
+            self._head_bytes = False
+            for index in range(before, after):
+                self._screen(index)
+        elif data and expecting_head and not self._head_bytes:
+            self._head_bytes = True
+            self._gate.busy(self)
+            self._arm_head_timer()
+
+    def _screen(self, index: int) -> None:
+        """Refuse a request just parsed when it is pipelined or of another HTTP version."""
+        message, payload = self._messages[index]
+        self._gate.busy(self)
+        if isinstance(message, _ErrInfo):
+            # A framing error: if it is in the body being read, that read fails now.
+            if self._last_payload is not None and not self._last_payload.is_eof():
+                self._last_payload.set_exception(BadHttpMessage("malformed request body framing"))
+                self._lingering_time = 0.0  # nothing more to read: close once it is answered
+            self._last_payload = None
+            self._unanswered += 1
+            return
+        refusal = None
+        if self._unanswered:
+            refusal = "pipelined request: send a request only after the answer to the previous one"
+        elif message.version not in (HttpVersion10, HttpVersion11):
+            refusal = "only HTTP/1.0 and HTTP/1.1 are accepted"
+        elif message.version == HttpVersion10 and "transfer-encoding" in message.headers:
+            refusal = "Transfer-Encoding in an HTTP/1.0 request"
+        self._last_payload = payload
+        self._unanswered += 1
+        if refusal is not None:
+            self._messages[index] = (_ErrInfo(status=400, exc=_Refused(refusal), message=refusal), EMPTY_PAYLOAD)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self._gate.settings().header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        self._gate.metrics.connections_closed.labels("header_timeout").inc()
+        if self._head_bytes and not self._request_in_progress and not self._messages:
+            timeout = self._gate.settings().header_timeout
+            transport.write(_raw_answer(RequestTimeout(f"the request head did not arrive within {timeout:g}s")))
+        event("client connection closed: no complete request head in time", logging.DEBUG, partial=self._head_bytes)
+        self.force_close()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._unanswered = max(0, self._unanswered - 1)
+            if not self._unanswered and not self._messages and not self._force_close and not self._close:
+                self._gate.idle(self)
+
+    # ------------------------------------------------------------------ answers
 
     def handle_error(
         self,
@@ -71,21 +223,145 @@ class _ProxyProtocol(RequestHandler):
         error: GatewayError
         if status == 413:
             error = BodyTooLarge("the request is too large")
+        elif isinstance(exc, LineTooLong) and _limit_of(exc) == self.max_line_size != self.max_field_size:
+            error = BadRequest(f"the request line is longer than {self.max_line_size} bytes", status=414)
+        elif isinstance(exc, LineTooLong):
+            error = BadRequest(f"a request header is longer than {self.max_field_size} bytes", status=431)
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+            error = BadRequest(f"the request has more than {self.max_headers} headers", status=431)
+        elif isinstance(exc, _Refused):
+            error = BadRequest(exc.message)
         elif 400 <= status < 500:
             error = BadRequest("malformed HTTP request (request line, headers or framing)", status=status)
         else:
             error = GatewayError("internal error in the gateway", status=status)
-        event("request refused by the HTTP parser", logging.INFO, status=status, reason=type(exc).__name__)
+        event(
+            "request refused by the HTTP parser", logging.INFO, status=error.status, reason=type(exc).__name__
+        )
         response = error_response(error)
         response.force_close()
         return response
 
 
+def _limit_of(exc: LineTooLong) -> int | None:
+    """The limit a LineTooLong names (the C parser gives an int, the Python one a string)."""
+    try:
+        return int(exc.args[1])
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def _raw_answer(error: GatewayError) -> bytes:
+    """A whole HTTP/1.1 answer in the contract's shape, for a connection that has no request object."""
+    body: dict[str, object] = {"code": error.code, "message": error.message}
+    extra = ""
+    if error.retry_after is not None:
+        body["retry_after_s"] = int(error.retry_after)
+        extra = f"Retry-After: {int(error.retry_after)}\r\n"
+    data = json.dumps({"error": body}, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        f"x-gateway-error: {error.code}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    return head.encode() + data
+
+
 class _ProxyServer(web.Server):
-    """The low-level server, making connections with ``_ProxyProtocol``."""
+    """The low-level server, making connections with ``_ProxyProtocol`` and counting them.
+
+    ``settings`` returns the current ``server:`` block (a reload applies to new connections).
+    At ``max_connections`` (the configured value, lowered to what RLIMIT_NOFILE allows), a new
+    connection makes room by closing the longest-idle keep-alive connection, or else one that
+    has sent nothing for ``FRESH_GRACE``; when none is idle it gets 503 ``overloaded`` and is
+    closed at once, before reading anything (its descriptor is the scarce thing).
+    """
+
+    def __init__(self, handler: Any, settings: Callable[[], Server], metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.settings = settings
+        self.metrics = metrics
+        self.fd_cap = settings().max_connections
+        self.open = 0
+        self._counted: set[_ProxyProtocol] = set()
+        self._fresh: OrderedDict[_ProxyProtocol, float] = OrderedDict()  # admitted, nothing received yet
+        self._kept: OrderedDict[_ProxyProtocol, None] = OrderedDict()  # idle between requests, oldest first
 
     def __call__(self) -> RequestHandler:
-        return _ProxyProtocol(self, loop=self._loop, **self._kwargs)
+        s = self.settings()
+        return _ProxyProtocol(
+            self,
+            loop=self._loop,
+            keepalive_timeout=s.keepalive_timeout,
+            max_line_size=s.max_request_line,
+            max_field_size=s.max_header_size,
+            max_headers=s.max_headers,
+            **self._kwargs,
+        )
+
+    @property
+    def max_connections(self) -> int:
+        return min(self.settings().max_connections, self.fd_cap)
+
+    def admit(self, conn: _ProxyProtocol) -> bool:
+        """Count a new connection in, making room if needed; False: refuse it."""
+        if self.open >= self.max_connections:
+            victim = self._evictable()
+            if victim is None:
+                self.metrics.connections_closed.labels("max_connections").inc()
+                return False
+            self.metrics.connections_closed.labels("evicted").inc()
+            victim.evict()
+        self.open += 1
+        self._counted.add(conn)
+        self._fresh[conn] = self._loop.time()
+        self.metrics.connections.set(self.open)
+        return True
+
+    def _evictable(self) -> _ProxyProtocol | None:
+        if self._kept:
+            return next(iter(self._kept))
+        if self._fresh:
+            conn, since = next(iter(self._fresh.items()))
+            if self._loop.time() - since >= FRESH_GRACE:
+                return conn
+        return None
+
+    def busy(self, conn: _ProxyProtocol) -> None:
+        self._fresh.pop(conn, None)
+        self._kept.pop(conn, None)
+
+    def idle(self, conn: _ProxyProtocol) -> None:
+        if conn in self._counted:
+            self._kept[conn] = None
+            self._kept.move_to_end(conn)
+
+    def release(self, conn: _ProxyProtocol) -> None:
+        """Count a connection out (closed, or being closed to make room); once."""
+        if conn in self._counted:
+            self._counted.discard(conn)
+            self.busy(conn)
+            self.open -= 1
+            self.metrics.connections.set(self.open)
+
+
+def descriptor_budget(wanted: int) -> tuple[int, int]:
+    """Client connections the process's file descriptors allow, and RLIMIT_NOFILE's soft limit.
+
+    Raises the soft limit toward what ``wanted`` connections need (two descriptors each, the
+    client's and an upstream's, plus ``FD_RESERVE``), never past the hard limit, as Go and nginx
+    (``worker_rlimit_nofile``) do; then returns what the limit allows, at most ``wanted``."""
+    need = 2 * wanted + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        if target > soft:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted, soft
+    return max(1, min(wanted, (soft - FD_RESERVE) // 2)), soft
 
 
 @dataclass(slots=True)
@@ -111,6 +387,7 @@ class Gateway:
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
+        self._proxy_server: _ProxyServer | None = None
         self._stop = asyncio.Event()
         self._skip_delay = asyncio.Event()
         self._mtime = _mtime(path)
@@ -121,7 +398,11 @@ class Gateway:
         """Bind both listeners. Raises OSError when a port cannot be bound."""
         config = self.state.runtime.config
         proxy = Proxy(self.state)
-        server = _ProxyServer(self._counted(proxy.handle), access_log=None, keepalive_timeout=75)
+        server = _ProxyServer(
+            self._counted(proxy.handle), lambda: self.state.runtime.config.server, self.metrics, access_log=None
+        )
+        server.fd_cap, nofile = descriptor_budget(config.server.max_connections)
+        self._proxy_server = server
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         self._listeners.proxy_runner = runner
@@ -140,7 +421,17 @@ class Gateway:
             upstreams=list(self.state.runtime.upstreams),
             config=self.path,
             pid=os.getpid(),
+            max_connections=server.max_connections,
+            nofile=nofile,
         )
+        if server.max_connections < config.server.max_connections:
+            event(
+                "server.max_connections lowered to what the file descriptor limit allows",
+                logging.WARNING,
+                configured=config.server.max_connections,
+                effective=server.max_connections,
+                nofile=nofile,
+            )
         if config.watch and self.path:
             self._listeners.tasks.append(asyncio.create_task(self._watch()))
         self._listeners.tasks.append(asyncio.create_task(self._prune_cache()))
@@ -311,6 +602,8 @@ class Gateway:
             return False, {"error": str(exc)}
         old = self.state.runtime
         new = Runtime(config, old, hook=self._breaker_moved, link=self.link)
+        if self._proxy_server is not None and config.server.max_connections != old.config.server.max_connections:
+            self._proxy_server.fd_cap, _ = descriptor_budget(config.server.max_connections)
         changes = _changes(old.config, config)
         self.state.runtime = new
         await self._drop_cached(old, new)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gateway.config import parse_config
@@ -34,6 +36,10 @@ async def test_probes_health_and_metrics(upstream_factory, gateway_factory):
     assert 'gateway_request_duration_seconds_count{route="-",upstream="api"} 3.0' in text
     assert 'gateway_upstream_tries_total{outcome="2xx",route="-",upstream="api"} 3.0' in text
     assert "# HELP gateway_requests_total" in text
+    tasks = re.search(r"^gateway_asyncio_tasks (\S+)$", text, re.M)
+    assert tasks is not None and float(tasks.group(1)) >= 1  # at least the scrape's own handler task
+    assert re.search(r"^process_open_fds [1-9]", text, re.M)
+    assert re.search(r"^process_resident_memory_bytes [1-9]", text, re.M)
 
 
 async def test_admin_posts_need_the_token_when_set(upstream_factory, gateway_factory, tmp_path):
