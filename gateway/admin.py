@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .config import redacted
+from .logs import redact_data, redact_text
 from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -79,14 +80,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    return _json(redacted(_gateway(request).state.runtime.config))
+    return _json(redact_data(redacted(_gateway(request).state.runtime.config)))
 
 
 async def reload(request: web.Request) -> web.Response:
     ok, detail = await _gateway(request).reload(source="admin")
     if ok:
         return _json({"result": "ok", **detail})
-    return _error(400, "config_invalid", detail["error"])
+    return _error(400, "config_invalid", redact_text(detail["error"]))
 
 
 async def breakers(request: web.Request) -> web.Response:

@@ -2,9 +2,17 @@
 
 Owns the log format (one JSON object per line: ``time``, ``level``, ``msg`` and fields), the
 access-log line of contract §5 (time, request_id, upstream, route, method, path, status,
-duration_ms, attempts, cache, error), and ``redact_query``, which shows the values of ``key``,
-``token``, ``access_token``, ``apikey`` and ``signature`` as ``***``. Header values are never
-logged: no function here accepts headers.
+duration_ms, attempts, cache, error), and the redaction of what may carry a secret:
+
+- ``redact_query``: the values of ``key``, ``token``, ``access_token``, ``apikey`` and
+  ``signature`` (names matched case-insensitively and percent-decoded) shown as ``***``;
+- ``redact_text``: in free text (event fields, exception text, config errors), URL passwords (or
+  a bare userinfo), secret query values inside URLs, and the values a config problem quotes for a
+  secret key (``admin.token``, ``set_headers``, ``cache_store.url``) shown as ``***``. Every line the
+  formatters write, except the access log (already redacted), goes through it;
+- ``redact_data``: ``redact_text`` on every string of JSON-able data (``/admin/config``, ``gateway check``).
+
+Header values are never logged: no function here accepts headers.
 """
 
 from __future__ import annotations
@@ -15,18 +23,70 @@ import re
 import sys
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
-__all__ = ["access_log", "configure", "log", "redact_query"]
+__all__ = ["access_log", "configure", "log", "redact_data", "redact_query", "redact_text"]
 
 log = logging.getLogger("gateway")
 _access = logging.getLogger("gateway.access")
 
-_SECRET_PARAMS = re.compile(r"(^|&)((?:key|token|access_token|apikey|signature)=)[^&]*", re.IGNORECASE)
+SECRET_PARAMS = frozenset({"key", "token", "access_token", "apikey", "signature"})
 
 
 def redact_query(query: str) -> str:
-    """Return the raw query string with secret parameter values replaced by ``***``."""
-    return _SECRET_PARAMS.sub(r"\1\2***", query) if query else query
+    """Return the raw query string with secret parameter values replaced by ``***``.
+
+    A parameter's name is compared percent-decoded and case-folded (``%6Bey`` and ``KEY`` are
+    ``key`` to an upstream, so they are here too); everything else is returned byte for byte."""
+    if not query:
+        return query
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq and unquote_plus(name).strip().lower() in SECRET_PARAMS:
+            parts[i] = name + "=***"
+    return "&".join(parts)
+
+
+# userinfo of a URL: "user:password@" keeps the user, a bare "token@" is hidden whole
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<info>[^\s/?#@'\"]*)@", re.IGNORECASE)
+# secret query values inside a URL (after '?' or '&'); "password" for redis://host/0?password=...
+_URL_PARAM = re.compile(
+    r"(?P<lead>[?&](?:key|token|access_token|apikey|signature|password)=)[^&\s'\"#]*", re.IGNORECASE
+)
+# a config problem ("<file>: <location>: <message>, got <value>") about a secret key
+_SECRET_PROBLEM = re.compile(
+    r"^(?P<head>(?:[^\n]*?: )?(?:[\w\-\[\]]+\.)*(?:token|password|set_headers(?:\.[^\s:]+)?|cache_store(?:\.url)?)"
+    r": (?!names use)[^\n]*?, got )[^\n]*$",
+    re.MULTILINE,
+)
+
+
+def _userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match["info"].partition(":")
+    return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL credentials, secret URL query values and quoted secret config values as ``***``."""
+    if "://" in text:
+        text = _URL_USERINFO.sub(_userinfo, text)
+    if "=" in text:
+        text = _URL_PARAM.sub(r"\g<lead>***", text)
+    if ", got " in text:
+        text = _SECRET_PROBLEM.sub(r"\g<head>***", text)
+    return text
+
+
+def redact_data(data: Any) -> Any:
+    """``redact_text`` applied to every string in JSON-like ``data`` (dicts, lists, tuples)."""
+    if isinstance(data, str):
+        return redact_text(data)
+    if isinstance(data, dict):
+        return {key: redact_data(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(value) for value in data]
+    return data
 
 
 def _timestamp(created: float) -> str:
@@ -38,11 +98,14 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {"time": _timestamp(record.created), "level": record.levelname.lower()}
-        if record.name != "gateway.access":
-            data["msg"] = record.getMessage()
-        data.update(getattr(record, "fields", {}))
+        if record.name == "gateway.access":  # built from redacted parts; the hot path stays cheap
+            data.update(getattr(record, "fields", {}))
+            return json.dumps(data, separators=(",", ":"), default=str)
+        data["msg"] = redact_text(record.getMessage())
+        for name, value in getattr(record, "fields", {}).items():
+            data[name] = redact_text(value) if isinstance(value, str) else value
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(data, separators=(",", ":"), default=str)
 
 
@@ -55,7 +118,7 @@ class TextFormatter(logging.Formatter):
         line = f"{_timestamp(record.created)} {record.levelname.lower():7} {record.getMessage()} {extra}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return line if record.name == "gateway.access" else redact_text(line)
 
 
 def configure(level: str = "info", fmt: str = "json", access: bool = True) -> None:
