@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -234,8 +235,10 @@ def _complete(data: bytes) -> bool:
 class GatewayProcess:
     """The real program in a subprocess; stdout lines are collected as they come."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, nofile: int | None = None) -> None:
+        """``nofile``: run the program with RLIMIT_NOFILE set to it (soft and hard)."""
         self.lines: list[str] = []
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
             stdout=subprocess.PIPE,
@@ -243,6 +246,7 @@ class GatewayProcess:
             text=True,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
+            preexec_fn=limit,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

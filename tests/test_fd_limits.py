@@ -16,9 +16,6 @@ import collections
 import json
 import os
 import resource
-import subprocess
-import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -26,30 +23,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import ROOT, GatewayProcess, RunningGateway, Upstream, gateway_yaml
+from .conftest import GatewayProcess, RunningGateway, Upstream, gateway_yaml
 
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
 
 GET = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
-
-
-class LimitedGateway(GatewayProcess):
-    """The real program in a subprocess whose RLIMIT_NOFILE is ``nofile`` (soft and hard)."""
-
-    def __init__(self, config_path: Path, nofile: int) -> None:
-        self.lines = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.port = self.admin_port = 0
 
 
 @pytest.fixture
@@ -97,7 +76,7 @@ async def test_a_flood_past_the_descriptor_limit_is_refused_and_the_gateway_reco
     up = await upstream_factory(slow)
     path = tmp_path / "gateway.yaml"
     path.write_text(gateway_yaml({"api": f"url: {up.url}"}))
-    gw = LimitedGateway(path, nofile=256)
+    gw = GatewayProcess(path, nofile=256)
     try:
         gw.wait_started()
         started = json.loads(next(line for line in gw.lines if '"gateway started"' in line))
