@@ -107,7 +107,7 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: object) -> int:
     """Return bytes for ``'64MiB'``, ``'1KB'``, ``'512B'`` or a whole number of bytes.
 
-    Decimals are exact (``'4.35KB'`` is 4350 bytes); a fraction of a byte is dropped.
+    Decimals are exact (``'2.01KB'`` is 2010 bytes, not float's 2009); a fraction of a byte is dropped.
     """
     size: int | None = None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
