@@ -259,15 +259,20 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of one process in KiB, 0 when it is gone."""
+def proc_status(pid: int, field: str) -> int:
+    """A number of ``/proc/PID/status`` (``VmRSS`` in KiB, ``Threads``…), 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB, 0 when it is gone."""
+    return proc_status(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:

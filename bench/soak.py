@@ -67,7 +67,7 @@ from fault_replay import (
     start_gateway,
     start_sim,
 )
-from overhead import Proc, Processes, cpu_seconds, rss_kib
+from overhead import Proc, Processes, cpu_seconds, proc_status, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -150,16 +150,6 @@ def connections(pid: int, inodes: set[str], proxy_port: int, admin_port: int, up
     conns.other_sockets = len(inodes - seen)
     conns.states = dict(sorted(states.items()))
     return conns
-
-
-def threads(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 _METRIC = re.compile(
@@ -263,7 +253,7 @@ class Monitor:
             "rss_kib": rss,
             "fds": nfds,
             "fds_sockets": len(inodes),
-            "threads": threads(self.pid),
+            "threads": proc_status(self.pid, "Threads"),
             "conn_client": conns.client,
             "conn_upstream": conns.upstream,
             "conn_admin": conns.admin,
