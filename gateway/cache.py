@@ -12,8 +12,10 @@ Owns contract §2 ``cache`` and ``invalidates``. The proxy asks, in order:
    its answer may be stored: a status in ``statuses``; no ``Vary: *``, ``no-store``, ``Set-Cookie``;
    ``private`` only when ``authorization`` is in ``vary``; the upstream's ``s-maxage``/``max-age``
    lowers ``ttl``, its ``no-cache`` makes it 0 (kept only for the stale windows).
-4. ``invalidate``: a 2xx write deletes entries of its upstream by path. An invalidation also bumps
-   the upstream's epoch so a fill that started before it does not store an answer read before it.
+4. ``invalidate``: a 2xx write soft-purges entries of its upstream by path (marks them
+   ``invalidated``: never fresh again, but still a STALE answer when the upstream fails), or
+   deletes them with ``invalidation: hard``. An invalidation also bumps the upstream's epoch so a
+   fill that started before it does not store an answer read before it.
 
 Header values reach keys only as digests; the store never sees a request header in clear.
 """
@@ -283,16 +285,21 @@ class ResponseCache:
         self.counts[entry.upstream]["stored"] += 1
         return True
 
-    async def invalidate(self, upstream: str, match: PathFilter) -> int:
-        """Delete ``upstream``'s entries whose path ``match`` accepts; fills in flight will not store."""
+    async def invalidate(self, upstream: str, match: PathFilter, hard: bool = False) -> int:
+        """Mark (soft) or delete (``hard``) ``upstream``'s entries whose path ``match`` accepts;
+        fills in flight will not store. Returns how many entries were marked or deleted."""
         self._epochs[upstream] += 1
+        op = "delete" if hard else "mark"
         try:
-            deleted = await self.store.delete_where(upstream, match)
+            if hard:
+                done = await self.store.delete_where(upstream, match)
+            else:
+                done = await self.store.mark_where(upstream, match)
         except (OSError, ConnectionError, TimeoutError) as exc:
-            self._failed("delete", exc)
+            self._failed(op, exc)
             return 0
-        self.counts[upstream]["invalidated"] += deleted
-        return deleted
+        self.counts[upstream]["invalidated"] += done
+        return done
 
     async def purge(self, upstream: str | None, match: PathFilter) -> int:
         """Admin purge: like ``invalidate`` for one upstream or all. Store errors propagate."""

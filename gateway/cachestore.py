@@ -9,6 +9,11 @@ held in clear), the ``Vary`` header names an upstream answered for a primary key
 by (upstream, path) for invalidation and purge. Entries are kept until their ``ttl`` plus
 ``keep`` (the longest stale window) has passed: ``ResponseCache`` ignores them on read and
 ``prune`` (every 15 s) frees them; LRU eviction frees them first under pressure anyway.
+
+Invalidation comes in two strengths (contract §2 ``invalidates``): ``delete_where`` removes entries
+(a hard purge, and the admin purge); ``mark_where`` keeps them but marks them ``invalidated`` (a
+soft purge, as Fastly's and Varnish's): ``cache`` then never answers such an entry as fresh, but may
+still serve it STALE when the upstream fails. A marked entry that is stored again loses its mark.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -51,6 +56,7 @@ class Entry:
     ttl: float
     keep: float  # seconds after expiry during which the entry may still be served stale
     vary: tuple[str, ...] = ()  # header names of the upstream's Vary, lower case
+    invalidated: bool = False  # soft-purged by a write: never fresh, still servable STALE on error
     size: int = field(init=False, compare=False)  # the bytes counted against max_bytes
 
     def __post_init__(self) -> None:
@@ -138,6 +144,11 @@ class Store(ABC):
         """Delete the entries (of ``upstream``, or of all) whose path ``match`` accepts; return how many."""
 
     @abstractmethod
+    async def mark_where(self, upstream: str, match: PathFilter) -> int:
+        """Mark ``upstream``'s entries whose path ``match`` accepts as invalidated (soft purge);
+        return how many were newly marked."""
+
+    @abstractmethod
     def stats(self) -> StoreStats:
         """Entries and bytes held (for a remote store, as last seen)."""
 
@@ -219,19 +230,31 @@ class MemoryStore(Store):
         self._vary[primary] = entry.vary
         self._entries[key] = entry
 
-    async def delete_where(self, upstream: str | None, match: PathFilter) -> int:
+    def _matching(self, upstream: str | None, match: PathFilter) -> list[str]:
         index = self._entries.index
         names = [upstream] if upstream is not None else list(index)
-        doomed = [
+        return [
             key
             for name in names
             for path, keys in list(index.get(name, {}).items())
             if match(name, path)
             for key in keys
         ]
+
+    async def delete_where(self, upstream: str | None, match: PathFilter) -> int:
+        doomed = self._matching(upstream, match)
         for key in doomed:
             del self._entries[key]
         return len(doomed)
+
+    async def mark_where(self, upstream: str, match: PathFilter) -> int:
+        marked = 0
+        for key in self._matching(upstream, match):
+            entry = self._entries.peek(key)
+            if not entry.invalidated:
+                self._entries[key] = replace(entry, invalidated=True)
+                marked += 1
+        return marked
 
     def stats(self) -> StoreStats:
         per = {name: {"entries": t[0], "bytes": t[1]} for name, t in self._entries.per_upstream.items()}
@@ -255,17 +278,30 @@ class MemoryStore(Store):
 # --------------------------------------------------------------------------- redis
 
 # put: the entry and its Vary names with the entry's lifetime, and the (upstream, path) index sets,
-# whose lifetime only grows. KEYS: entry, vary, path set, upstream set. ARGV: entry bytes, vary
-# JSON, lifetime ms, entry key, path.
+# whose lifetime only grows; a soft-purge mark on the key is cleared. KEYS: entry, vary, path set,
+# upstream set, mark. ARGV: entry bytes, vary JSON, lifetime ms, entry key, path.
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[5])
 local ms = tonumber(ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 if redis.call('PTTL', KEYS[3]) < ms then redis.call('PEXPIRE', KEYS[3], ms) end
 redis.call('SADD', KEYS[4], ARGV[5])
 if redis.call('PTTL', KEYS[4]) < ms then redis.call('PEXPIRE', KEYS[4], ms) end
 return 1
+"""
+
+# mark: a soft purge of one path. Every entry key in the path set gets a mark key living as long as
+# the entry. KEYS: the path set. ARGV: entry key prefix, mark key prefix, the time of the mark.
+# Returns how many entries were newly marked.
+_MARK = """
+local n = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local ms = redis.call('PTTL', ARGV[1] .. key)
+  if ms > 0 and redis.call('SET', ARGV[2] .. key, ARGV[3], 'PX', ms, 'NX') then n = n + 1 end
+end
+return n
 """
 
 
@@ -275,7 +311,8 @@ class RedisStore(Store):
     - ``e:<key>``: the entry (``Entry.to_bytes``), expiring at ttl + keep;
     - ``v:<primary>``: the upstream's Vary names for a primary key (JSON list);
     - ``p:<upstream>:<path>``: the set of entry keys at a path, and ``u:<upstream>``: the set of
-      paths, for invalidation and purge. Stale members (expired entries) are harmless.
+      paths, for invalidation and purge. Stale members (expired entries) are harmless;
+    - ``i:<key>``: present while the entry is soft-purged (``mark_where``), expiring with it.
 
     Keys are SHA-256 digests; paths appear in clear (they are the upstream's URLs, not header
     values). Bounds are Redis's own (``maxmemory`` and its eviction policy); ``max_entry_bytes``
@@ -287,28 +324,32 @@ class RedisStore(Store):
     def __init__(self, link: RedisLink) -> None:
         self.link = link
         self._put = link.client.register_script(_PUT)
+        self._mark = link.client.register_script(_MARK)
         self._stats = StoreStats()
 
     async def get(self, primary: str, key_for: KeyFor) -> Entry | None:
         k = self.link.key
         plain = key_for(())  # the key when the upstream sent no Vary: read with the Vary record, one round trip
-        vary_raw, data = await self.link.call("get", lambda r: r.mget([k("v", primary), k("e", plain)]))
+        vary_raw, data, mark = await self.link.call(
+            "get", lambda r: r.mget([k("v", primary), k("e", plain), k("i", plain)])
+        )
         if vary_raw is None:
             return None
         vary = tuple(json.loads(vary_raw))
         if vary:
             key = key_for(vary)
-            data = await self.link.call("get", lambda r: r.get(k("e", key)))
+            data, mark = await self.link.call("get", lambda r: r.mget([k("e", key), k("i", key)]))
         if data is None:
             return None
-        return Entry.from_bytes(data if isinstance(data, bytes) else data.encode())
+        entry = Entry.from_bytes(data if isinstance(data, bytes) else data.encode())
+        return entry if mark is None else replace(entry, invalidated=True)
 
     async def put(self, primary: str, key: str, entry: Entry) -> None:
         k = self.link.key
         lifetime = entry.stored_at + entry.ttl + entry.keep - time.time()
         if lifetime <= 0:
             return
-        keys = [k("e", key), k("v", primary), k("p", entry.upstream, entry.path), k("u", entry.upstream)]
+        keys = [k("e", key), k("v", primary), k("p", entry.upstream, entry.path), k("u", entry.upstream), k("i", key)]
         args = [entry.to_bytes(), json.dumps(list(entry.vary)), max(1, int(lifetime * 1000)), key, entry.path]
         await self.link.script("put", self._put, keys, args)
 
@@ -338,6 +379,14 @@ class RedisStore(Store):
                 doomed = [k("e", key) for key in await self._members("delete", k("p", name, path))]
                 deleted += await self.link.call("delete", _dropper(doomed, k("p", name, path), k("u", name), path))
         return deleted
+
+    async def mark_where(self, upstream: str, match: PathFilter) -> int:
+        k = self.link.key
+        marked = 0
+        for path in [p for p in await self._members("mark", k("u", upstream)) if match(upstream, p)]:
+            args = [k("e", ""), k("i", ""), repr(time.time())]
+            marked += int(await self.link.script("mark", self._mark, [k("p", upstream, path)], args))
+        return marked
 
     def stats(self) -> StoreStats:
         return self._stats
@@ -389,8 +438,8 @@ class FallbackStore(Store):
 
     Entries written during an outage stay local and are dropped when Redis answers again (other
     replicas may have invalidated them meanwhile). Invalidations that could not reach Redis are
-    kept (the latest 1,000) and replayed on recovery, so a write during the outage still purges
-    the shared entries it should have.
+    kept (the latest 1,000) and replayed on recovery, so a write during the outage still marks or
+    purges the shared entries it should have.
     """
 
     kind = "redis"
@@ -398,14 +447,17 @@ class FallbackStore(Store):
     def __init__(self, remote: RedisStore, local: MemoryStore) -> None:
         self.remote = remote
         self.local = local
-        self._missed: deque[tuple[str | None, PathFilter]] = deque(maxlen=1000)
+        self._missed: deque[tuple[str | None, PathFilter, bool]] = deque(maxlen=1000)  # (upstream, match, hard)
         remote.link.on_recovery(self._recovered)
 
     async def _recovered(self) -> None:
         await self.local.delete_where(None, lambda _u, _p: True)
         while self._missed:
-            upstream, match = self._missed[0]
-            await self.remote.delete_where(upstream, match)
+            upstream, match, hard = self._missed[0]
+            if hard or upstream is None:
+                await self.remote.delete_where(upstream, match)
+            else:
+                await self.remote.mark_where(upstream, match)
             self._missed.popleft()
 
     async def get(self, primary: str, key_for: KeyFor) -> Entry | None:
@@ -425,8 +477,16 @@ class FallbackStore(Store):
         try:
             deleted += await self.remote.delete_where(upstream, match)
         except StoreUnavailable:
-            self._missed.append((upstream, match))
+            self._missed.append((upstream, match, True))
         return deleted
+
+    async def mark_where(self, upstream: str, match: PathFilter) -> int:
+        marked = await self.local.mark_where(upstream, match)
+        try:
+            marked += await self.remote.mark_where(upstream, match)
+        except StoreUnavailable:
+            self._missed.append((upstream, match, False))
+        return marked
 
     def stats(self) -> StoreStats:
         return self.remote.stats() if self.remote.link.up else self.local.stats()

@@ -324,6 +324,7 @@ class Route(Model):
     cache: Cache | None = None
     rate_limit: RateLimit | None = None
     invalidates: tuple[Pattern, ...] = ()
+    invalidation: Literal["soft", "hard"] = "soft"
 
 
 class Upstream(Policies):
@@ -425,6 +426,7 @@ class RoutePolicy:
     cache: Cache | None
     rate_limit: RateLimit | None
     invalidates: tuple[PathPattern, ...]
+    invalidation: str = "soft"  # soft: mark entries (served only STALE on error); hard: delete them
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +515,7 @@ def _route_policy(upstream: RoutePolicy, route: Route, index: int) -> RoutePolic
         cache=route.cache,
         rate_limit=route.rate_limit,
         invalidates=tuple(PathPattern.compile(p) for p in route.invalidates),
+        invalidation=route.invalidation,
     )
 
 

@@ -544,7 +544,7 @@ class Proxy:
         stale: Entry | None = None
         if entry is not None:
             age = entry.age(cache.clock())
-            if not wants.no_cache:
+            if not wants.no_cache and not entry.invalidated:  # a soft-purged entry is only ever STALE
                 if age < entry.ttl:
                     return self._from_entry(call, entry, "HIT")
                 if age < entry.ttl + policy.stale_while_revalidate:
@@ -723,14 +723,15 @@ class Proxy:
         )
 
     async def _invalidate(self, call: Call) -> None:
-        """A 2xx write: delete its upstream's entries at its own path and at ``invalidates:``."""
+        """A 2xx write: soft-purge (or delete, ``invalidation: hard``) its upstream's entries at its
+        own path and at ``invalidates:``."""
         patterns = [p.fill(call.params) for p in call.route.policy.invalidates]
         own = call.path
 
         def doomed(_upstream: str, path: str) -> bool:
             return path == own or any(p.match(path) is not None for p in patterns)
 
-        await self.state.cache.invalidate(call.upstream.name, doomed)
+        await self.state.cache.invalidate(call.upstream.name, doomed, hard=call.route.policy.invalidation == "hard")
 
     def _stale_worthy(self, call: Call, err: GatewayError) -> bool:
         """Failures that ``stale_if_error`` covers: the upstream's, or the breaker's."""
@@ -746,6 +747,8 @@ class Proxy:
         self._counted(call, label.lower())
         headers = self._stamp(CIMultiDict(entry.headers), ex, 0)
         headers["Age"] = str(int(entry.age(self.state.cache.clock())))
+        if entry.invalidated:
+            headers["x-gateway-stale"] = "invalidated"
         return web.Response(status=entry.status, reason=entry.reason or None, headers=headers, body=entry.body)
 
     def _from_shared(self, call: Call, shared: Shared, attempts: int, source: str = "upstream") -> web.Response:

@@ -412,6 +412,12 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes_once(upstrea
 
 # ---------------------------------------------------------------- invalidation
 
+
+def live_paths(store: Any) -> list[str]:
+    """The paths of the entries a write has not invalidated (soft-purged entries stay, marked)."""
+    return sorted(e.path for _, e in store.raw() if not e.invalidated)
+
+
 WRITES = """\
   - name: read
     match: {methods: [GET], path: "/rest/v1/{table}"}
@@ -441,7 +447,7 @@ async def test_a_2xx_write_purges_its_tables_entries_and_a_4xx_purges_nothing(up
     script.status = 204
     async with gw.session.patch(gw.url + "/supabase/rest/v1/conversations?id=eq.5", data=b"{}") as resp:
         assert resp.status == 204
-    assert sorted(e.path for _, e in store.raw()) == ["/rest/v1/messages"]
+    assert live_paths(store) == ["/rest/v1/messages"]
     script.status, script.version = 200, 2
     _, body, headers = await get(gw, paths[1])
     assert (body, headers["x-gateway-cache"]) == (b"v2", "MISS")
@@ -465,10 +471,10 @@ async def test_invalidates_fills_parameters_and_every_write_purges_its_own_path(
     store = gw.gateway.state.cache.store
     async with gw.session.post(gw.url + "/supabase/rest/v1/rpc/archive_conversations", data=b"{}") as resp:
         assert resp.status == 200
-    assert sorted(e.path for _, e in store.raw()) == ["/rest/v1/messages", "/rest/v1/other"]
+    assert live_paths(store) == ["/rest/v1/messages", "/rest/v1/other"]
     async with gw.session.delete(gw.url + "/supabase/rest/v1/other?id=eq.1") as resp:  # no route: own path only
         assert resp.status == 200
-    assert sorted(e.path for _, e in store.raw()) == ["/rest/v1/messages"]
+    assert live_paths(store) == ["/rest/v1/messages"]
 
 
 async def test_a_fill_overtaken_by_a_write_is_not_stored(upstream_factory, gateway_factory):
@@ -487,6 +493,85 @@ async def test_a_fill_overtaken_by_a_write_is_not_stored(upstream_factory, gatew
         assert resp.status == 200
     assert (await read)[1] == b"old"  # the reader gets what it asked for...
     assert gw.gateway.state.cache.store.stats().entries == 0  # ...but it is not kept
+
+
+SOFT = """\
+  - name: read
+    match: {methods: [GET], path: "/rest/v1/{table}"}
+    cache: {ttl: 5m, stale_if_error: 10m}
+  - name: writes
+    match: {methods: [PATCH], path: "/rest/v1/{table}"}
+    invalidates: ["/rest/v1/{table}"]
+"""
+
+
+async def test_after_a_write_the_next_read_goes_upstream_for_the_new_data(upstream_factory, gateway_factory):
+    gw, up, script, _clock = await start(upstream_factory, gateway_factory, SOFT)
+    path = "/supabase/rest/v1/conversations?select=*"
+    assert (await get(gw, path))[2]["x-gateway-cache"] == "MISS"
+    assert (await get(gw, path))[2]["x-gateway-cache"] == "HIT"
+    assert up.count == 1
+    script.version = 2
+    async with gw.session.patch(gw.url + "/supabase/rest/v1/conversations?id=eq.5", data=b"{}") as resp:
+        assert resp.status == 200
+    assert up.count == 2
+    status, body, headers = await get(gw, path)
+    assert (status, body, headers["x-gateway-cache"]) == (200, b"v2", "MISS")
+    assert "x-gateway-stale" not in headers
+    assert up.count == 3
+    status, body, headers = await get(gw, path)  # stored again, without the mark
+    assert (status, body, headers["x-gateway-cache"]) == (200, b"v2", "HIT")
+    assert up.count == 3
+
+
+async def test_an_invalidated_entry_is_served_stale_when_the_next_read_fails(upstream_factory, gateway_factory):
+    gw, up, script, _clock = await start(upstream_factory, gateway_factory, SOFT)
+    path = "/supabase/rest/v1/conversations?select=*"
+    await get(gw, path)
+    async with gw.session.patch(gw.url + "/supabase/rest/v1/conversations?id=eq.5", data=b"{}") as resp:
+        assert resp.status == 200
+    script.status, script.version = 503, 2  # the database goes away right after the write
+    status, body, headers = await get(gw, path)
+    assert (status, body, headers["x-gateway-cache"], headers["x-gateway-stale"]) == (
+        200,
+        b"v1",
+        "STALE",
+        "invalidated",
+    )
+    assert up.count >= 3  # the read went upstream (with its retries) before falling back
+    async with gw.session.get(gw.admin + "/admin/cache") as resp:
+        counts = (await resp.json())["upstreams"]["supabase"]
+    assert (counts["invalidated"], counts["stale_served"]) == (1, 1)
+
+
+async def test_hard_invalidation_deletes_and_the_failing_read_gets_the_upstreams_error(
+    upstream_factory, gateway_factory
+):
+    hard = SOFT.replace("invalidates: [", "invalidation: hard\n    invalidates: [")
+    gw, _up, script, _clock = await start(upstream_factory, gateway_factory, hard)
+    path = "/supabase/rest/v1/conversations?select=*"
+    await get(gw, path)
+    async with gw.session.patch(gw.url + "/supabase/rest/v1/conversations?id=eq.5", data=b"{}") as resp:
+        assert resp.status == 200
+    assert gw.gateway.state.cache.store.stats().entries == 0
+    script.status = 503
+    status, body, headers = await get(gw, path)
+    assert (status, body, headers["x-gateway-cache"]) == (503, b"v1", "MISS")
+    assert "x-gateway-stale" not in headers
+
+
+async def test_an_invalidated_entry_is_never_served_while_revalidating(upstream_factory, gateway_factory):
+    routes = SOFT.replace("stale_if_error: 10m", "stale_if_error: 10m, stale_while_revalidate: 10m")
+    gw, up, script, clock = await start(upstream_factory, gateway_factory, routes)
+    path = "/supabase/rest/v1/conversations"
+    await get(gw, path)
+    async with gw.session.patch(gw.url + path + "?id=eq.5", data=b"{}") as resp:
+        assert resp.status == 200
+    clock.advance(301)  # expired, inside the revalidate window: would be STALE at once without the write
+    script.version = 2
+    status, body, headers = await get(gw, path)
+    assert (status, body, headers["x-gateway-cache"]) == (200, b"v2", "MISS")
+    assert up.count == 3
 
 
 # ---------------------------------------------------------------- admin and metrics

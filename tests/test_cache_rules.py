@@ -179,6 +179,20 @@ async def test_memory_store_deletes_by_path_and_keeps_its_index_exact() -> None:
     assert store.stats().entries == 0 and store.stats().bytes == 0 and store.stats().upstreams == {}
 
 
+async def test_memory_store_marks_without_deleting_and_a_new_put_clears_the_mark() -> None:
+    store = MemoryStore(max_entries=100, max_bytes=1024**2)
+    await store.put("a", "a", entry("/t/conversations"))
+    await store.put("b", "b", entry("/t/messages"))
+    bytes_before = store.stats().bytes
+    assert await store.mark_where("up", lambda up, path: path == "/t/conversations") == 1
+    assert await store.mark_where("up", lambda up, path: path == "/t/conversations") == 0
+    marked = {e.path: e.invalidated for _, e in store.raw()}
+    assert marked == {"/t/conversations": True, "/t/messages": False}
+    assert store.stats().bytes == bytes_before and store.stats().entries == 2
+    await store.put("a", "a", entry("/t/conversations"))
+    assert not any(e.invalidated for _, e in store.raw())
+
+
 async def test_memory_store_prunes_what_no_window_can_use() -> None:
     store = MemoryStore(max_entries=100, max_bytes=1024**2)
     await store.put("a", "a", entry("/a", ttl=10, keep=0))

@@ -198,6 +198,37 @@ async def test_redis_holds_no_header_value_in_clear(pair):
     assert all(key.startswith(b"gwtest:") for key in keys)
 
 
+async def test_a_write_through_one_replica_leaves_the_other_a_stale_answer_when_the_read_fails(
+    upstream_factory: Callable[..., Awaitable[Upstream]], gateway_process: Any, redis_server: RedisServer
+):
+    down = False
+
+    async def answer(request: web.BaseRequest, up: Upstream) -> web.StreamResponse:
+        if down:
+            return web.Response(status=503, text="down")
+        return web.Response(text=f"{request.method} #{up.count}")
+
+    up = await upstream_factory(answer)
+    flaky = await upstream_factory(failing)
+    text = shared_yaml(redis_server.url, up.url, flaky.url)
+    a, b = gateway_process(text), gateway_process(text)
+    async with aiohttp.ClientSession() as session:
+        path = "/supabase/rest/v1/conversations?select=*"
+        _, first, headers = await call(session, a.url, path)
+        assert headers["x-gateway-cache"] == "MISS"
+        status, _, _ = await call(session, b.url, "/supabase/rest/v1/conversations?id=eq.5", method="PATCH")
+        assert status == 200
+        down = True
+        status, body, headers = await call(session, a.url, path)
+        assert (status, body, headers["x-gateway-cache"], headers["x-gateway-stale"]) == (
+            200,
+            first,
+            "STALE",
+            "invalidated",
+        )
+        assert up.count == 3  # the fill, the write, and the read that failed
+
+
 # ---------------------------------------------------------------- the pieces, in process
 
 
@@ -227,6 +258,19 @@ async def test_the_redis_store_keeps_entries_and_vary_and_deletes_by_path(link):
     assert await store.delete_where("up", lambda up, path: path == "/a") == 1
     assert await store.get("p1", lambda names: "k1") is None
     assert await store.delete_where(None, lambda up, path: True) == 1
+
+
+async def test_the_redis_store_marks_entries_invalidated_until_stored_again(link):
+    store = RedisStore(link)
+    await store.put("p1", "k1", entry("/a"))
+    await store.put("p2", "k2", entry("/b"))
+    assert await store.mark_where("up", lambda up, path: path == "/a") == 1
+    assert await store.mark_where("up", lambda up, path: path == "/a") == 0  # already marked
+    assert (await store.get("p1", lambda names: "k1")).invalidated
+    assert not (await store.get("p2", lambda names: "k2")).invalidated
+    await store.put("p1", "k1", entry("/a", b"new"))
+    fresh = await store.get("p1", lambda names: "k1")
+    assert (fresh.body, fresh.invalidated) == (b"new", False)
 
 
 async def test_the_fallback_store_answers_from_memory_while_redis_is_down(link, redis_server):
