@@ -4,9 +4,18 @@ Owns the state of one breaker (contract §2 "breaker"): the states ``closed``, `
 ``half_open``, every move between them written in ``TRANSITIONS``, the failure counters of the
 two modes (``consecutive`` failures, or the failure ratio of a sliding ``window`` of one-second
 buckets once ``min_requests`` samples are in it), the recovery delay that doubles on each failed
-probe up to ``recovery_max``, and the snapshot the admin port shows. It does no I/O, starts no
-timers and reads only the clocks it is given, so it is tested without sleeping: the move from
-open to half-open is made lazily, when ``acquire``, ``state`` or ``snapshot`` reads the clock.
+probe up to ``recovery_max`` and is jittered by ± ``RECOVERY_JITTER`` each time the breaker opens,
+the probes of a half-open period, and the snapshot the admin port shows. It does no I/O, starts no
+timers and reads only the clocks and the randomness it is given, so it is tested without sleeping:
+the move from open to half-open is made lazily, when ``acquire``, ``state`` or ``snapshot`` reads the clock.
+
+A breaker never outlasts the failure it reacts to (contract §2): it stays open one (jittered)
+recovery interval, then lets a probe through; while half-open, a probe holds its slot for one
+recovery interval at most, after which another probe may go even if the first has not answered
+(a probe stuck on a stalled connection must not keep refusals going after the upstream is back).
+So, while the upstream fails, at most ``half_open_requests`` probes start per recovery interval,
+and once it answers again, refusals stop within one interval (``recovery_max`` at the worst) plus
+the time a probe takes.
 
 Use, once per try::
 
@@ -27,7 +36,9 @@ decided about that period. Not thread-safe: one breaker belongs to one event loo
 
 from __future__ import annotations
 
+import random
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -42,6 +53,7 @@ __all__ = [
     "HALF_OPEN",
     "HALF_OPEN_BUSY_RETRY_AFTER",
     "OPEN",
+    "RECOVERY_JITTER",
     "STATE_VALUES",
     "TRANSITIONS",
     "CircuitBreaker",
@@ -82,9 +94,15 @@ STATE_VALUES: Final[dict[str, int]] = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 """The value of ``gateway_breaker_state`` for each state (contract §4)."""
 
 HALF_OPEN_BUSY_RETRY_AFTER: Final = 1.0
-"""Retry-After (seconds) when half-open with every probe slot taken: the probe's answer decides
-within one try, and a refused caller that comes back after it learns the new state (closed, or
-open with the real wait)."""
+"""Retry-After (seconds) when open with the recovery passed but another replica holding the probe
+lease: that replica's probe decides within about one try."""
+
+RECOVERY_JITTER: Final = 0.2
+"""Each open period lasts the recovery delay ± this share, drawn when the breaker opens, so that
+replicas (and breakers of one upstream) that opened together do not probe in lockstep."""
+
+HISTORY: Final = 8
+"""Transitions kept for the snapshot (``transitions``: the latest first)."""
 
 
 class IllegalTransition(RuntimeError):
@@ -106,13 +124,14 @@ def _iso(timestamp: float) -> str:
 class Permit:
     """Leave for one try, given by ``CircuitBreaker.acquire``; settled once by ``record`` or ``release``."""
 
-    __slots__ = ("_breaker", "_done", "epoch", "probe")
+    __slots__ = ("_breaker", "_done", "epoch", "probe", "started")
 
-    def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool) -> None:
+    def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool, started: float = 0.0) -> None:
         self._breaker = breaker
         self._done = False
         self.epoch = epoch  # the breaker's state period this permit was issued in
-        self.probe = probe  # True for a half-open probe (it holds one of the probe slots)
+        self.probe = probe  # True for a half-open probe (it holds a probe slot for one recovery interval)
+        self.started = started  # monotonic time a probe was let through
 
     @property
     def done(self) -> bool:
@@ -146,9 +165,10 @@ class CircuitBreaker:
     """One breaker (per upstream, or per route that sets ``breaker:``): a transition table plus counters.
 
     ``clock`` is monotonic seconds and drives every decision; ``wall_clock`` (seconds since the
-    epoch) only dates ``opened_at`` and ``retry_at`` in the snapshot. ``on_transition(breaker,
-    from_state, to_state)`` is called after every transition, the breaker already in its new
-    state (an exception it raises reaches the caller of the method that made the move).
+    epoch) only dates ``opened_at``, ``retry_at`` and transitions in the snapshot; ``rng`` (uniform
+    in [0, 1)) draws the jitter of each open period. ``on_transition(breaker, from_state, to_state)``
+    is called after every transition, the breaker already in its new state (an exception it raises
+    reaches the caller of the method that made the move).
     """
 
     def __init__(
@@ -160,25 +180,30 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[CircuitBreaker, str, str], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.name = name
         self.upstream = upstream
         self.route = route
         self.clock = clock
         self.wall_clock = wall_clock
+        self.rng = rng
         self.on_transition = on_transition
         self._state: str = CLOSED
         self.last_event: str | None = None  # the event of the latest transition
         self.probe_gate = True  # shared breakers: False while another replica holds the probe lease
         self._epoch = 0
         self._forced = False
-        self._probes = 0  # probe permits of the current half-open period not yet settled
+        self._probes: list[Permit] = []  # probe permits of the current half-open period not yet settled
         self._opened_at: float | None = None  # monotonic
         self._opened_wall: float | None = None
         self._consecutive = 0
         self.config = config
         self._failure_on = OutcomeSet(config.failure_on)
         self._recovery = config.recovery
+        self._wait = config.recovery  # the current open period's length: the recovery delay, jittered
+        self.tripped_by = ""  # what the try that opened the breaker came to ('503', 'timeout'…)
+        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self._reset_window()
 
     # ------------------------------------------------------------------ configuration
@@ -194,6 +219,7 @@ class CircuitBreaker:
             self._consecutive = 0
             self._reset_window()
         self._recovery = config.recovery if self._state == CLOSED else min(self._recovery, config.recovery_max)
+        self._wait = min(self._wait, self._recovery * (1 + RECOVERY_JITTER))
 
     # ------------------------------------------------------------------ reading
 
@@ -214,6 +240,11 @@ class CircuitBreaker:
         return self._recovery
 
     @property
+    def wait(self) -> float:
+        """The length of the current (or last) open period in seconds: ``recovery`` with its jitter."""
+        return self._wait
+
+    @property
     def failures(self) -> int:
         """Consecutive failures (``consecutive`` mode), or failures in the window (``rate`` mode)."""
         if self.config.mode == "consecutive":
@@ -225,15 +256,34 @@ class CircuitBreaker:
         self._maybe_half_open()
         if self._state != OPEN or self._forced or self._opened_at is None:
             return None
-        return max(0.0, self._opened_at + self._recovery - self.clock())
+        return max(0.0, self._opened_at + self._wait - self.clock())
+
+    def next_probe_in(self) -> float | None:
+        """Seconds until a probe may go: 0 when half-open with a slot free, the time until a slot
+        frees when half-open and busy, the time until half-open when open; None when closed or
+        forced open."""
+        self._maybe_half_open()
+        if self._state == HALF_OPEN:
+            return self._probe_slot_in(self.clock())
+        return self.retry_after()
+
+    def open_for(self) -> float | None:
+        """Seconds since the breaker last opened (None when closed)."""
+        if self._state == CLOSED or self._opened_at is None:
+            return None
+        return max(0.0, self.clock() - self._opened_at)
 
     def snapshot(self) -> dict[str, Any]:
         """The breaker for ``GET /admin/breakers``: upstream, route, name, state, failures, opened_at,
-        retry_at (ISO 8601 UTC, or None), recovery_s, forced."""
+        retry_at (ISO 8601 UTC, or None), recovery_s, forced; and why and how long: open_for_s,
+        next_probe_at (ISO, or None), next_probe_in_s, probes_in_flight, tripped_by, and the latest
+        transitions (``{to, event, at}``, newest first)."""
         state = self.state
         retry_at = None
         if state == OPEN and not self._forced and self._opened_wall is not None:
-            retry_at = _iso(self._opened_wall + self._recovery)
+            retry_at = _iso(self._opened_wall + self._wait)
+        probe_in = self.next_probe_in()
+        open_for = self.open_for()
         return {
             "upstream": self.upstream,
             "route": self.route,
@@ -244,6 +294,12 @@ class CircuitBreaker:
             "retry_at": retry_at,
             "recovery_s": self._recovery,
             "forced": self._forced,
+            "open_for_s": None if open_for is None else round(open_for, 3),
+            "next_probe_in_s": None if probe_in is None else round(probe_in, 3),
+            "next_probe_at": None if probe_in is None else _iso(self.wall_clock() + probe_in),
+            "probes_in_flight": len(self._probes),
+            "tripped_by": self.tripped_by if state != CLOSED else "",
+            "transitions": list(reversed(self._history)),
         }
 
     def __repr__(self) -> str:
@@ -263,38 +319,60 @@ class CircuitBreaker:
         state = self._state
         if state == CLOSED:
             return Permit(self, self._epoch, probe=False)
+        now = self.clock()
         if state == HALF_OPEN:
-            if self._probes < self.config.half_open_requests:
-                self._probes += 1
-                return Permit(self, self._epoch, probe=True)
+            free_in = self._probe_slot_in(now)
+            if free_in == 0.0:
+                permit = Permit(self, self._epoch, probe=True, started=now)
+                self._probes.append(permit)
+                return permit
             raise BreakerOpen(
-                f"circuit breaker {self.name} is half-open and its probe is in flight",
+                f"circuit breaker {self.name} is half-open and its probe is in flight "
+                f"({self._since(now)}; next probe in {free_in:.1f}s)",
                 upstream=self.upstream,
-                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+                retry_after=free_in,
             )
         if self._forced:
             raise BreakerOpen(
-                f"circuit breaker {self.name} is held open by an operator",
+                f"circuit breaker {self.name} is held open by an operator ({self._since(now)})",
                 upstream=self.upstream,
-                retry_after=self._recovery,
             )
         wait = self.retry_after()
         if not wait:  # recovery passed, but another replica holds the probe lease
             raise BreakerOpen(
-                f"circuit breaker {self.name} is open; another replica is probing",
+                f"circuit breaker {self.name} is open; another replica is probing ({self._since(now)})",
                 upstream=self.upstream,
                 retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
             )
-        raise BreakerOpen(f"circuit breaker {self.name} is open", upstream=self.upstream, retry_after=wait)
+        raise BreakerOpen(
+            f"circuit breaker {self.name} is open ({self._since(now)}; next probe in {wait:.1f}s)",
+            upstream=self.upstream,
+            retry_after=wait,
+        )
+
+    def _since(self, now: float) -> str:
+        opened = "" if self._opened_at is None else f" {now - self._opened_at:.1f}s ago"
+        cause = f" after {self.tripped_by}" if self.tripped_by else ""
+        return f"opened{opened}{cause}"
+
+    def _probe_slot_in(self, now: float) -> float:
+        """Half-open: 0 when a probe may start now, else seconds until the oldest probe still
+        holding a slot has held it for one recovery interval."""
+        holding = [p.started for p in self._probes if now - p.started < self._recovery]
+        if len(holding) < self.config.half_open_requests:
+            return 0.0
+        return max(0.0, min(holding) + self._recovery - now)
 
     def _record(self, permit: Permit, outcome: Outcome) -> None:
         failure = self._failure_on.matches(outcome)
         if permit.epoch != self._epoch:
             return  # issued before the last transition: the breaker already decided about that period
         if self._state == HALF_OPEN:
-            self._probes -= 1
+            if permit in self._probes:
+                self._probes.remove(permit)
             if failure:
                 self._recovery = min(self._recovery * 2, self.config.recovery_max)
+                self.tripped_by = outcome.label if outcome.kind != "response" else str(outcome.status)
                 self._open(PROBE_FAILURE)
             else:
                 self._close(PROBE_SUCCESS)
@@ -307,20 +385,23 @@ class CircuitBreaker:
                 return
             self._consecutive += 1
             if self._consecutive >= self.config.failure_threshold:
-                self._recovery = self.config.recovery
-                self._open(TRIP)
+                self._trip(outcome)
             return
         self._window.add(1, 1 if failure else 0)
         if failure:
             total, failed = self._window.totals()
             # ratio >= failure_rate, written without division and tolerant of 0.3 * 10 = 3.0000000000000004
             if total >= self.config.min_requests and failed >= self.config.failure_rate * total - 1e-9:
-                self._recovery = self.config.recovery
-                self._open(TRIP)
+                self._trip(outcome)
+
+    def _trip(self, outcome: Outcome) -> None:
+        self._recovery = self.config.recovery
+        self.tripped_by = outcome.label if outcome.kind != "response" else str(outcome.status)
+        self._open(TRIP)
 
     def _release(self, permit: Permit) -> None:
-        if permit.probe and permit.epoch == self._epoch and self._state == HALF_OPEN:
-            self._probes -= 1
+        if permit.probe and permit.epoch == self._epoch and permit in self._probes:
+            self._probes.remove(permit)
 
     # ------------------------------------------------------------------ admin
 
@@ -354,7 +435,7 @@ class CircuitBreaker:
 
     @property
     def probes_in_flight(self) -> int:
-        return self._probes
+        return len(self._probes)
 
     def recovery_due(self, within: float = 0.0) -> bool:
         """Open (not forced) with its recovery delay over, or over within ``within`` seconds."""
@@ -362,7 +443,7 @@ class CircuitBreaker:
             self._state == OPEN
             and not self._forced
             and self._opened_at is not None
-            and self.clock() + within >= self._opened_at + self._recovery
+            and self.clock() + within >= self._opened_at + self._wait
         )
 
     @property
@@ -377,11 +458,12 @@ class CircuitBreaker:
         if self._forced or remaining <= 0:
             return
         self._maybe_half_open()
-        ends = None if self._opened_at is None else self._opened_at + self._recovery
+        ends = None if self._opened_at is None else self._opened_at + self._wait
         if self._state == OPEN and ends is not None and ends >= self.clock() + remaining:
             return
         self._recovery = recovery
-        opened_ago = max(0.0, recovery - remaining)
+        self._wait = max(recovery, remaining)
+        opened_ago = max(0.0, self._wait - remaining)
         self._opened_at = self.clock() - opened_ago
         self._opened_wall = self.wall_clock() - opened_ago
         if self._state != OPEN:
@@ -402,7 +484,8 @@ class CircuitBreaker:
         self.last_event = event
         self._state = next_state(before, event)
         self._epoch += 1
-        self._probes = 0
+        self._probes = []
+        self._history.append({"to": self._state, "event": event, "at": _iso(self.wall_clock())})
         if self.on_transition is not None:
             self.on_transition(self, before, self._state)
 
@@ -410,6 +493,9 @@ class CircuitBreaker:
         self._opened_at = self.clock()
         self._opened_wall = self.wall_clock()
         self._forced = forced
+        self._wait = self._recovery * (1.0 + RECOVERY_JITTER * (2.0 * self.rng() - 1.0))
+        if forced:
+            self.tripped_by = "operator"
         self._move(event)
 
     def _close(self, event: str) -> None:
@@ -426,7 +512,7 @@ class CircuitBreaker:
             and not self._forced
             and self.probe_gate
             and self._opened_at is not None
-            and self.clock() >= self._opened_at + self._recovery
+            and self.clock() >= self._opened_at + self._wait
         ):
             self._move(RECOVERY_ELAPSED)
 

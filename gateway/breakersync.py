@@ -62,7 +62,7 @@ class BreakerSync:
             return
         now = self._wall()
         if after == OPEN:
-            until = (breaker.opened_wall or now) + breaker.recovery
+            until = (breaker.opened_wall or now) + breaker.wait
             self._pending[breaker.name] = {"state": OPEN, "until": until, "recovery": breaker.recovery}
         elif after == CLOSED:
             self._pending[breaker.name] = {"state": CLOSED, "at": now}

@@ -7,7 +7,6 @@ import pytest
 from gateway.breaker import (
     CLOSED,
     HALF_OPEN,
-    HALF_OPEN_BUSY_RETRY_AFTER,
     OPEN,
     TRANSITIONS,
     CircuitBreaker,
@@ -38,7 +37,8 @@ class FakeClock:
         self.now += seconds
 
 
-def make(**overrides) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:
+def make(rng=lambda: 0.5, **overrides) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:
+    """A breaker on a fake clock; ``rng`` 0.5 draws no jitter (each open period is exactly ``recovery``)."""
     clock = FakeClock()
     transitions: list[tuple[str, str]] = []
 
@@ -56,6 +56,7 @@ def make(**overrides) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]
         clock=clock,
         on_transition=on_transition,
         wall_clock=lambda: WALL_EPOCH + clock.now - 1000.0,
+        rng=rng,
     )
     return breaker, clock, transitions
 
@@ -119,10 +120,37 @@ def test_half_open_admits_only_half_open_requests_probes():
     for _ in range(20):
         with pytest.raises(BreakerOpen) as info:
             breaker.acquire()
-        assert info.value.retry_after == HALF_OPEN_BUSY_RETRY_AFTER
+        assert info.value.retry_after == pytest.approx(10.0)  # until the probes' slots expire
         refused += 1
     assert refused == 20
     assert breaker.state == HALF_OPEN
+
+
+def test_a_probe_holds_its_slot_one_recovery_interval_then_another_may_go():
+    breaker, clock, _ = make()
+    trip(breaker)
+    clock.advance(10)
+    stuck = breaker.acquire()  # on a stalled connection: no answer for a long while
+    clock.advance(9.9)
+    with pytest.raises(BreakerOpen) as info:
+        breaker.acquire()
+    assert info.value.retry_after == pytest.approx(0.1)
+    clock.advance(0.1)
+    second = breaker.acquire()
+    assert second.probe and breaker.probes_in_flight == 2
+    second.record(OK)  # the upstream is back: the fresh probe closes the breaker
+    assert breaker.state == CLOSED
+    stuck.record(TIMEOUT)  # the stuck probe ends later: that period is decided, ignored
+    assert breaker.state == CLOSED
+
+
+def test_each_open_period_is_the_recovery_delay_jittered_by_20_percent():
+    waits = []
+    for draw in (0.0, 0.25, 0.5, 0.999):
+        breaker, _clock, _ = make(rng=lambda draw=draw: draw)
+        trip(breaker)
+        waits.append(breaker.retry_after())
+    assert waits == pytest.approx([8.0, 9.0, 10.0, 11.996])
 
 
 def test_good_probe_closes_and_resets():
@@ -364,7 +392,8 @@ def test_force_open_holds_until_reset():
     assert breaker.state == OPEN  # no half-open while forced
     with pytest.raises(BreakerOpen) as info:
         breaker.acquire()
-    assert info.value.retry_after == breaker.recovery  # a hint: the real wait is unknown
+    assert info.value.retry_after is None  # no wait is known: no Retry-After
+    assert "held open by an operator" in str(info.value)
     assert breaker.retry_after() is None
     snap = breaker.snapshot()
     assert snap["forced"] is True and snap["retry_at"] is None and snap["opened_at"] is not None
@@ -410,16 +439,34 @@ def test_snapshot():
         "retry_at": None,
         "recovery_s": 10.0,
         "forced": False,
+        "open_for_s": None,
+        "next_probe_in_s": None,
+        "next_probe_at": None,
+        "probes_in_flight": 0,
+        "tripped_by": "",
+        "transitions": [],
     }
     trip(breaker)
+    clock.advance(4)
     opened = breaker.snapshot()
     assert opened["state"] == "open"
     assert opened["failures"] == 3
     assert opened["opened_at"] == "2023-11-14T22:13:20.000+00:00"
     assert opened["retry_at"] == "2023-11-14T22:13:30.000+00:00"
-    clock.advance(10)
+    assert (opened["open_for_s"], opened["next_probe_in_s"]) == (4.0, 6.0)
+    assert opened["next_probe_at"] == "2023-11-14T22:13:30.000+00:00"
+    assert opened["tripped_by"] == "503"
+    assert opened["transitions"] == [{"to": "open", "event": "trip", "at": "2023-11-14T22:13:20.000+00:00"}]
+    clock.advance(6)
     half = breaker.snapshot()
     assert half["state"] == "half_open" and half["retry_at"] is None
+    assert half["next_probe_in_s"] == 0.0
+    probe = breaker.acquire()
+    assert breaker.snapshot()["probes_in_flight"] == 1 and breaker.snapshot()["next_probe_in_s"] == 10.0
+    probe.record(OK)
+    closed_again = breaker.snapshot()
+    assert [t["to"] for t in closed_again["transitions"]] == ["closed", "half_open", "open"]
+    assert closed_again["open_for_s"] is None and closed_again["tripped_by"] == ""
 
 
 def test_on_transition_sees_every_move():
@@ -433,6 +480,7 @@ def test_on_transition_sees_every_move():
         config,
         clock=clock,
         on_transition=lambda b, before, after: seen.append((b.name, before, after)),
+        rng=lambda: 0.5,
     )
     try_once(breaker, E503)
     clock.advance(5)
