@@ -15,7 +15,9 @@ recovery interval at most, after which another probe may go even if the first ha
 (a probe stuck on a stalled connection must not keep refusals going after the upstream is back).
 So, while the upstream fails, at most ``half_open_requests`` probes start per recovery interval,
 and once it answers again, refusals stop within one interval (``recovery_max`` at the worst) plus
-the time a probe takes.
+the time a probe takes. For the same reason a failure is old news, and not counted, when a try that
+started after it has already succeeded: tries stuck in a stall report their timeouts up to
+``per_try`` after the stall ended, and must not trip a breaker on an upstream that is answering.
 
 Use, once per try::
 
@@ -126,12 +128,12 @@ class Permit:
 
     __slots__ = ("_breaker", "_done", "epoch", "probe", "started")
 
-    def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool, started: float = 0.0) -> None:
+    def __init__(self, breaker: CircuitBreaker, epoch: int, probe: bool, started: float) -> None:
         self._breaker = breaker
         self._done = False
         self.epoch = epoch  # the breaker's state period this permit was issued in
         self.probe = probe  # True for a half-open probe (it holds a probe slot for one recovery interval)
-        self.started = started  # monotonic time a probe was let through
+        self.started = started  # monotonic time the try was let through
 
     @property
     def done(self) -> bool:
@@ -203,7 +205,9 @@ class CircuitBreaker:
         self._recovery = config.recovery
         self._wait = config.recovery  # the current open period's length: the recovery delay, jittered
         self.tripped_by = ""  # what the try that opened the breaker came to ('503', 'timeout'…)
+        self._last_success_started = -float("inf")  # start of the latest try that succeeded
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.refusals: dict[str, int] = {"open": 0, "half_open": 0, "forced": 0}  # refused tries, by why
         self._reset_window()
 
     # ------------------------------------------------------------------ configuration
@@ -218,7 +222,7 @@ class CircuitBreaker:
         if old.mode != config.mode or old.window != config.window:
             self._consecutive = 0
             self._reset_window()
-        self._recovery = config.recovery if self._state == CLOSED else min(self._recovery, config.recovery_max)
+        self._recovery = config.recovery if self._state == CLOSED else min(self._recovery, config.ceiling)
         self._wait = min(self._wait, self._recovery * (1 + RECOVERY_JITTER))
 
     # ------------------------------------------------------------------ reading
@@ -276,8 +280,9 @@ class CircuitBreaker:
     def snapshot(self) -> dict[str, Any]:
         """The breaker for ``GET /admin/breakers``: upstream, route, name, state, failures, opened_at,
         retry_at (ISO 8601 UTC, or None), recovery_s, forced; and why and how long: open_for_s,
-        next_probe_at (ISO, or None), next_probe_in_s, probes_in_flight, tripped_by, and the latest
-        transitions (``{to, event, at}``, newest first)."""
+        next_probe_at (ISO, or None), next_probe_in_s, probes_in_flight, tripped_by, refusals (tries
+        refused since start, by state: open, half_open, forced), and the latest transitions
+        (``{to, event, at}``, newest first)."""
         state = self.state
         retry_at = None
         if state == OPEN and not self._forced and self._opened_wall is not None:
@@ -299,6 +304,7 @@ class CircuitBreaker:
             "next_probe_at": None if probe_in is None else _iso(self.wall_clock() + probe_in),
             "probes_in_flight": len(self._probes),
             "tripped_by": self.tripped_by if state != CLOSED else "",
+            "refusals": dict(self.refusals),
             "transitions": list(reversed(self._history)),
         }
 
@@ -317,38 +323,31 @@ class CircuitBreaker:
         ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
         self._maybe_half_open()
         state = self._state
-        if state == CLOSED:
-            return Permit(self, self._epoch, probe=False)
         now = self.clock()
+        if state == CLOSED:
+            return Permit(self, self._epoch, False, now)
         if state == HALF_OPEN:
             free_in = self._probe_slot_in(now)
             if free_in == 0.0:
-                permit = Permit(self, self._epoch, probe=True, started=now)
+                permit = Permit(self, self._epoch, True, now)
                 self._probes.append(permit)
                 return permit
-            raise BreakerOpen(
-                f"circuit breaker {self.name} is half-open and its probe is in flight "
-                f"({self._since(now)}; next probe in {free_in:.1f}s)",
-                upstream=self.upstream,
-                retry_after=free_in,
-            )
+            text = f"is half-open and its probe is in flight ({self._since(now)}; next probe in {free_in:.1f}s)"
+            raise self._refused("half_open", text, free_in)
         if self._forced:
-            raise BreakerOpen(
-                f"circuit breaker {self.name} is held open by an operator ({self._since(now)})",
-                upstream=self.upstream,
-            )
+            raise self._refused("forced", f"is held open by an operator ({self._since(now)})", None)
         wait = self.retry_after()
         if not wait:  # recovery passed, but another replica holds the probe lease
-            raise BreakerOpen(
-                f"circuit breaker {self.name} is open; another replica is probing ({self._since(now)})",
-                upstream=self.upstream,
-                retry_after=HALF_OPEN_BUSY_RETRY_AFTER,
+            raise self._refused(
+                "open", f"is open; another replica is probing ({self._since(now)})", HALF_OPEN_BUSY_RETRY_AFTER
             )
-        raise BreakerOpen(
-            f"circuit breaker {self.name} is open ({self._since(now)}; next probe in {wait:.1f}s)",
-            upstream=self.upstream,
-            retry_after=wait,
-        )
+        raise self._refused("open", f"is open ({self._since(now)}; next probe in {wait:.1f}s)", wait)
+
+    def _refused(self, why: str, text: str, retry_after: float | None) -> BreakerOpen:
+        self.refusals[why] += 1
+        err = BreakerOpen(f"circuit breaker {self.name} {text}", upstream=self.upstream, retry_after=retry_after)
+        err.state = why
+        return err
 
     def _since(self, now: float) -> str:
         opened = "" if self._opened_at is None else f" {now - self._opened_at:.1f}s ago"
@@ -367,11 +366,17 @@ class CircuitBreaker:
         failure = self._failure_on.matches(outcome)
         if permit.epoch != self._epoch:
             return  # issued before the last transition: the breaker already decided about that period
+        if not failure:
+            self._last_success_started = max(self._last_success_started, permit.started)
+        elif permit.started < self._last_success_started:
+            if permit in self._probes:
+                self._probes.remove(permit)
+            return  # a later try has succeeded since this one started: old news
         if self._state == HALF_OPEN:
             if permit in self._probes:
                 self._probes.remove(permit)
             if failure:
-                self._recovery = min(self._recovery * 2, self.config.recovery_max)
+                self._recovery = min(self._recovery * 2, self.config.ceiling)
                 self.tripped_by = outcome.label if outcome.kind != "response" else str(outcome.status)
                 self._open(PROBE_FAILURE)
             else:

@@ -109,6 +109,7 @@ class BreakerOpen(GatewayError):
     """The breaker is open, or half-open with every probe slot taken."""
 
     code, status = "breaker_open", 503
+    state = "open"  # why: open | half_open (probe in flight) | forced (held open by an operator)
 
 
 class UpstreamUnreachable(GatewayError):

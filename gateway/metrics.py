@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -160,7 +160,8 @@ class Metrics:
 
 
 class _BreakerStates(Collector):
-    """``gateway_breaker_state``: read from the live breakers when Prometheus scrapes."""
+    """``gateway_breaker_state``, ``gateway_breaker_open_seconds``, ``gateway_breaker_next_probe_seconds``
+    and ``gateway_breaker_refusals_total``: read from the live breakers when Prometheus scrapes."""
 
     def __init__(self, source: Callable[[], Iterable[CircuitBreaker]]) -> None:
         self.source = source
@@ -173,9 +174,32 @@ class _BreakerStates(Collector):
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             labels=["upstream", "route"],
         )
+        open_for = GaugeMetricFamily(
+            "gateway_breaker_open_seconds",
+            "Seconds since the breaker last opened (0 while closed).",
+            labels=["upstream", "route"],
+        )
+        next_probe = GaugeMetricFamily(
+            "gateway_breaker_next_probe_seconds",
+            "Seconds until the breaker lets its next probe through (0 while closed or a probe may go now).",
+            labels=["upstream", "route"],
+        )
+        refusals = CounterMetricFamily(
+            "gateway_breaker_refusals",
+            "Tries the breaker refused, by its state: open, half_open (probe in flight) or forced.",
+            labels=["upstream", "route", "state"],
+        )
         for breaker in self.source():
-            family.add_metric([breaker.upstream, breaker.route], STATE_VALUES[breaker.state])
+            labels = [breaker.upstream, breaker.route]
+            family.add_metric(labels, STATE_VALUES[breaker.state])
+            open_for.add_metric(labels, breaker.open_for() or 0.0)
+            next_probe.add_metric(labels, breaker.next_probe_in() or 0.0)
+            for why, count in breaker.refusals.items():
+                refusals.add_metric([*labels, why], count)
         yield family
+        yield open_for
+        yield next_probe
+        yield refusals
 
 
 class _CacheSize(Collector):

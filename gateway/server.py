@@ -574,8 +574,13 @@ class Gateway:
             snap = up.stats.snapshot()
             snap["inflight"] = up.inflight
             snap["queued"] = up.bulkhead.queued
-            snap["breaker"] = up.default.breaker.state
-            snap["route_breakers"] = {b.route: b.state for b in up.breakers.values() if b is not up.default.breaker}
+            main = up.default.breaker
+            snap["breaker"] = main.state
+            snap["breaker_open_for_s"] = _rounded(main.open_for())
+            snap["breaker_next_probe_in_s"] = _rounded(main.next_probe_in())
+            others = [b for b in up.breakers.values() if b is not main]
+            snap["route_breakers"] = {b.route: b.state for b in others}
+            snap["route_breakers_open_for_s"] = {b.route: _rounded(b.open_for()) for b in others}
             requests, errors = snap["requests"], snap["errors"]
             if (requests >= 5 and errors * 2 >= requests) or snap["breaker"] == "open":
                 degraded = True
@@ -679,3 +684,7 @@ def _changes(old: Config, new: Config) -> dict[str, Any]:
         restart.append("cache_store")
     changes["restart_required"] = restart
     return changes
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

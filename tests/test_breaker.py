@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import random
+
 import pytest
 
 from gateway.breaker import (
@@ -444,6 +448,7 @@ def test_snapshot():
         "next_probe_at": None,
         "probes_in_flight": 0,
         "tripped_by": "",
+        "refusals": {"open": 0, "half_open": 0, "forced": 0},
         "transitions": [],
     }
     trip(breaker)
@@ -528,3 +533,55 @@ def test_update_config_keeps_state():
     assert breaker.state == OPEN
     assert breaker.recovery == 10
     assert breaker.config.failure_threshold == 9
+
+
+# ---------------------------------------------------------------- never outlasting the failure
+
+
+def drive(outage: float, rate: float, stall: bool, seed: int) -> tuple[list[float], list[float], CircuitBreaker]:
+    """Steady traffic (one try every 1/rate s, no retries) on a breaker with the built-in defaults,
+    against an upstream that fails from t=10 for ``outage`` seconds: at once with a 503, or (``stall``)
+    by answering nothing until an 8 s timeout. Returns when tries were refused and when probes started."""
+    clock = FakeClock(0.0)
+    rng = random.Random(seed)
+    breaker = CircuitBreaker("up", "up", "-", Breaker(), clock=clock, rng=rng.random)
+    start, end = 10.0, 10.0 + outage
+    pending: list[tuple[float, int, object, Outcome]] = []  # (answer time, order, permit, outcome)
+    refused, probes = [], []
+    t, n = 0.0, 0
+    while t < end + 20:
+        while pending and pending[0][0] <= t:
+            clock.now, _, permit, outcome = heapq.heappop(pending)
+            permit.record(outcome)
+        clock.now = t
+        try:
+            permit = breaker.acquire()
+        except BreakerOpen:
+            refused.append(t)
+        else:
+            if permit.probe:
+                probes.append(t)
+            failing = start <= t < end
+            latency = (8.0 if stall else 0.02) if failing else 0.05
+            heapq.heappush(pending, (t + latency, n, permit, TIMEOUT if failing and stall else E503 if failing else OK))
+        n += 1
+        t = n / rate
+    return refused, probes, breaker
+
+
+@pytest.mark.parametrize("outage", [1.0, 7.0, 30.0, 60.0])
+@pytest.mark.parametrize("rate", [1.0, 5.0, 40.0])
+@pytest.mark.parametrize("stall", [False, True], ids=["503", "stall"])
+def test_refusals_end_within_3s_of_recovery_and_one_probe_per_interval_while_failing(outage, rate, stall):
+    for seed in range(3):
+        refused, probes, breaker = drive(outage, rate, stall, seed)
+        recovered = 10.0 + outage
+        after = [t - recovered for t in refused if t >= recovered]
+        assert not after or max(after) <= 3.0, (seed, max(after))
+        # while failing, probes start at most once per recovery interval (the shortest, jittered: 0.8 s)
+        during = [t for t in probes if t < recovered]
+        gaps = [b - a for a, b in itertools.pairwise(during)]
+        assert all(gap >= 0.8 - 1e-9 for gap in gaps), (seed, gaps)
+        assert breaker.state == CLOSED  # a probe that succeeded closed it
+        if outage >= 7 and not stall:
+            assert refused, "a 503 outage of 7 s or more opens the breaker"

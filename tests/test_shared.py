@@ -143,7 +143,7 @@ async def test_failures_through_one_replica_open_the_others_breaker(pair):
     assert time.monotonic() - began < 1.0
     status, body, headers = await call(session, b.url, "/flaky/x")
     assert (status, json.loads(body)["error"]["code"]) == (503, "breaker_open")
-    assert 25 <= int(headers["Retry-After"]) <= 30
+    assert 23 <= int(headers["Retry-After"]) <= 36  # recovery 30 s ± 20 % jitter, minus the sync delay
     assert flaky.count == 3  # B never reached the upstream
 
 
