@@ -257,7 +257,7 @@ class CircuitBreaker:
 
     def acquire(self) -> Permit:
         """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
-        the current recovery delay as a hint when forced open), or when half-open with all
+        None when forced open: no wait is known), or when half-open with all
         ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
         self._maybe_half_open()
         state = self._state
@@ -276,8 +276,7 @@ class CircuitBreaker:
             raise BreakerOpen(
                 f"circuit breaker {self.name} is held open by an operator",
                 upstream=self.upstream,
-                retry_after=self._recovery,
-            )
+            )  # no Retry-After: nobody knows when the operator lifts it
         wait = self.retry_after()
         if not wait:  # recovery passed, but another replica holds the probe lease
             raise BreakerOpen(

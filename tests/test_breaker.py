@@ -364,7 +364,7 @@ def test_force_open_holds_until_reset():
     assert breaker.state == OPEN  # no half-open while forced
     with pytest.raises(BreakerOpen) as info:
         breaker.acquire()
-    assert info.value.retry_after == breaker.recovery  # a hint: the real wait is unknown
+    assert info.value.retry_after is None  # the wait is unknown: no Retry-After (issue 15)
     assert breaker.retry_after() is None
     snap = breaker.snapshot()
     assert snap["forced"] is True and snap["retry_at"] is None and snap["opened_at"] is not None
