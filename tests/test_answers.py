@@ -379,8 +379,10 @@ async def test_refusals_before_routing_use_the_paths_upstream_format(gateway_fac
     gw = await gateway_factory(gateway_yaml({"graph": "url: http://127.0.0.1:9\nkind: graph"}))
     async with gw.session.get(URL(gw.url + "/graph/v21.0/%2e%2e/x", encoded=True)) as resp:  # a dot segment
         data = await resp.json()
-        assert resp.status == 400 and data["error"]["code"] == 100 and data["error"]["error_data"]["details"] == (
-            "bad_request"
+        assert (
+            resp.status == 400
+            and data["error"]["code"] == 100
+            and data["error"]["error_data"]["details"] == ("bad_request")
         )
     async with gw.session.get(gw.url + "/nowhere/x") as resp:  # no upstream: the generic shape
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "no_route"
