@@ -208,9 +208,10 @@ def _seconds(retry_after: float | None) -> int | None:
 
 
 def _text(error: GatewayError) -> str:
-    """The message an SDK shows: it names the gateway and the upstream (the code says what happened)."""
+    """The message an SDK shows: the gateway, the upstream, what happened, and the gateway's code (some
+    SDK exceptions keep nothing else: supabase-auth's AuthRetryableError has no code for a 502/503/504)."""
     where = f"gateway, upstream {error.upstream}" if error.upstream else "gateway"
-    return f"{where}: {error.message}"
+    return f"{where}: {error.message} [{error.code}]"
 
 
 def _generic(error: GatewayError, wait: int | None) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def test_rendered_body_has_the_contract_shape(fmt, error):
     else:
         assert (data["statusCode"], data["error"], data["code"]) == (str(error.status), error.code, error.code)
         message = data["message"]
-    assert message.startswith("gateway") and error.message in message
+    assert message.startswith("gateway") and error.message in message and message.endswith(f"[{error.code}]")
     assert ("upstream up" in message) == (error.upstream is not None)
 
 
