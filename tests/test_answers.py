@@ -8,12 +8,15 @@ of format by kind and path, and the same answers end to end through a real gatew
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
+import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from gateway import answers
@@ -395,3 +398,46 @@ async def test_a_forced_open_breaker_sends_no_retry_after(gateway_factory):
         data = await resp.json()
         assert resp.status == 503 and "Retry-After" not in resp.headers
         assert [d["@type"].rsplit(".", 1)[1] for d in data["error"]["details"]] == ["ErrorInfo"]  # no RetryInfo
+
+
+# ---------------------------------------------------------------- the smaller points
+
+
+async def test_a_rate_limit_names_its_rate_as_written(gateway_factory, upstream_factory):
+    up = await upstream_factory()
+    route = '[{name: all, match: {path: "/**"}, rate_limit: {rate: 1/m, burst: 1}}]'
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\nroutes: {route}"}))
+    async with gw.session.get(gw.url + "/api/x") as resp:
+        assert resp.status == 200
+    async with gw.session.get(gw.url + "/api/x") as resp:
+        message = (await resp.json())["error"]["message"]
+        assert resp.status == 429 and "rate limit of 1/m reached" in message, message
+
+
+async def test_a_stream_that_stalls_is_logged_as_a_timeout(gateway_factory, upstream_factory, caplog):
+    async def stall(request, up):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {}\r\n\r\n")
+        await asyncio.sleep(2)  # longer than idle
+        return response
+
+    async def drop(request, up):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {}\r\n\r\n")
+        request.transport.close()
+        return response
+
+    logged = {}
+    for name, script in (("stall", stall), ("drop", drop)):
+        up = await upstream_factory(script)
+        gw = await gateway_factory(gateway_yaml({name: f"url: {up.url}\ntimeouts: {{idle: 300ms, total: 5s}}"}))
+        with caplog.at_level("INFO", logger="gateway.access"):
+            async with gw.session.get(gw.url + f"/{name}/events") as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()  # the client sees a truncated body, never a complete one
+        records = [r for r in caplog.records if r.name == "gateway.access"]
+        logged[name] = records[-1].fields["error"]
+    assert logged == {"stall": "upstream_timeout", "drop": "upstream_reset"}
