@@ -531,3 +531,17 @@ def test_usage_error_exits_2(capsys):
         cli.main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_gemini_bodies_default_to_20_mib_under_the_files_defaults():
+    """Gemini takes requests of up to 20 MB (inline data): a built-in kind default, which a
+    ``defaults.limits.max_request_body`` written in the file still overrides (issue 15)."""
+
+    def limits(text: str) -> dict[str, int]:
+        return {up.name: up.limits.max_request_body for up in resolve(parse_config(text, "t.yaml"))}
+
+    ups = "upstreams:\n  g: {url: 'http://127.0.0.1:1', kind: gemini}\n  o: {url: 'http://127.0.0.1:2'}\n"
+    assert limits(ups) == {"g": 20 * 1024**2, "o": 10 * 1024**2}
+    assert limits("defaults: {limits: {max_request_body: 5MiB}}\n" + ups) == {"g": 5 * 1024**2, "o": 5 * 1024**2}
+    shipped = {up.name: up.limits.max_request_body for up in resolve(load_config(str(ROOT / "gateway.yaml")))}
+    assert shipped["gemini"] == 20 * 1024**2 and shipped["graph"] == 10 * 1024**2
