@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .answers import error_response
 from .config import redacted
+from .errors import GatewayError
 from .logs import redact_data, redact_text
 from .metrics import CONTENT_TYPE
 
@@ -36,9 +38,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    resp = _json({"error": {"code": code, "message": message}}, status)
-    resp.headers["x-gateway-error"] = code
-    return resp
+    """The admin port's errors: the gateway's generic shape, through the one renderer."""
+    return error_response(GatewayError(message, status=status, code=code))
 
 
 def _gateway(request: web.Request) -> Gateway:

@@ -320,7 +320,7 @@ class CircuitBreaker:
 
     def acquire(self) -> Permit:
         """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
-        the current recovery delay as a hint when forced open), or when half-open with all
+        None when forced open: no wait is known), or when half-open with all
         ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
         self._maybe_half_open()
         state = self._state

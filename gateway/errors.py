@@ -15,16 +15,12 @@
     └── Draining                      503 draining
     ConfigError                       gateway.yaml is not valid; carries every problem found
 
-``error_response`` renders a GatewayError as the contract's JSON body and headers.
+``gateway.answers`` renders a GatewayError in the upstream's own error format (contract §3).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import ClassVar
-
-from aiohttp import web
 
 __all__ = [
     "BadRequest",
@@ -41,7 +37,6 @@ __all__ = [
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnreachable",
-    "error_response",
 ]
 
 
@@ -59,6 +54,7 @@ class GatewayError(Exception):
         attempts: int | None = None,
         retry_after: float | None = None,
         status: int | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -67,6 +63,8 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override (fault_injected)
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override (the admin port's own codes)
 
 
 class NoRoute(GatewayError):
@@ -149,24 +147,3 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
-
-
-def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
-    """Render ``error`` as contract §3: JSON body, ``x-gateway-error`` and ``Retry-After``."""
-    body: dict[str, object] = {"code": error.code, "message": error.message}
-    if error.upstream is not None:
-        body["upstream"] = error.upstream
-    if error.attempts is not None:
-        body["attempts"] = error.attempts
-    out = dict(headers or {})
-    out["x-gateway-error"] = error.code
-    if error.retry_after is not None:
-        seconds = max(0, math.ceil(error.retry_after))
-        body["retry_after_s"] = seconds
-        out["Retry-After"] = str(seconds)
-    return web.Response(
-        status=error.status,
-        body=json.dumps({"error": body}, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=out,
-    )

@@ -23,6 +23,7 @@ from cachetools import LRUCache
 from .config import RateLimit
 from .errors import RateLimited
 from .redislink import RedisLink, StoreUnavailable
+from .units import format_rate
 
 __all__ = ["GlobalRateLimiter", "RateLimiter", "TokenBucket", "default_burst"]
 
@@ -125,7 +126,7 @@ class RateLimiter:
         wait = bucket.reserve(self.max_wait)
         if wait is None:
             raise RateLimited(
-                f"rate limit of {self.rate:g}/s reached: no token within {self.max_wait:g}s",
+                f"rate limit of {format_rate(self.rate)} reached: no token within {self.max_wait:g}s",
                 upstream=upstream,
                 retry_after=bucket.retry_after(),
             )
@@ -208,7 +209,8 @@ class GlobalRateLimiter:
         seconds = float(wait)
         if not int(taken):
             raise RateLimited(
-                f"rate limit of {self.rate:g}/s (shared by every replica) reached: no token within {self.max_wait:g}s",
+                f"rate limit of {format_rate(self.rate)} (shared by every replica) reached: "
+                f"no token within {self.max_wait:g}s",
                 upstream=upstream,
                 retry_after=seconds,
             )
