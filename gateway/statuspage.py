@@ -7,7 +7,8 @@ Owns the page's routes and the JSON document it polls:
   every answer carries a Content-Security-Policy that lets the page load and fetch from the admin
   port only, and that no other site may frame it (its buttons change breakers).
 - ``GET /admin/status``: one JSON document with everything the page shows (``document``), read
-  from the live runtime, the response cache and ``history``. Open like the other admin GETs; the
+  from the live runtime, the response cache and ``history``; built at most once a second
+  (``DOCUMENT_TTL``) unless a breaker moved, so many open pages cost what one does. Open like the other admin GETs; the
   admin POSTs the page offers (breaker reset and force-open, cache purge) still need the token,
   which the page asks for and keeps in the tab's ``sessionStorage`` only.
 
@@ -38,10 +39,14 @@ if TYPE_CHECKING:
     from .runtime import Route
     from .server import Gateway
 
-__all__ = ["POLL_SECONDS", "document", "routes"]
+__all__ = ["DOCUMENT_TTL", "POLL_SECONDS", "document", "routes"]
 
 POLL_SECONDS = 2.0
 """How often the page asks for ``/admin/status`` (at most; never while the last answer is awaited)."""
+
+DOCUMENT_TTL = 1.0
+"""A document is reused for this long (unless a breaker moved meanwhile): however many pages are
+open, the gateway builds at most one a second."""
 
 _ASSETS = {
     "/": ("status.html", "text/html"),
@@ -77,8 +82,16 @@ def routes(gateway_of: Callable[[web.Request], Gateway]) -> list[web.RouteDef]:
             headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"},
         )
 
+    built: list[tuple[float, int, str]] = []  # (when, breaker moves then, body): the last document
+
     async def status(request: web.Request) -> web.Response:
-        body = json.dumps(document(gateway_of(request)), separators=(",", ":"), default=str)
+        gw = gateway_of(request)
+        now, moves = time.monotonic(), gw.state.history.moves
+        if built and now - built[0][0] < DOCUMENT_TTL and built[0][1] == moves:
+            body = built[0][2]
+        else:
+            body = json.dumps(document(gw), separators=(",", ":"), default=str)
+            built[:] = [(now, moves, body)]
         response = web.Response(
             text=body, content_type="application/json", headers={**_SECURITY_HEADERS, "Cache-Control": "no-store"}
         )

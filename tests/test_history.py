@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import shutil
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway.history import BUCKETS, WIDTH, History, Series
 from gateway.stats import percentile_ms
-from gateway.statuspage import _quota
+from gateway.statuspage import DOCUMENT_TTL, _quota
 
 from .conftest import ROOT, gateway_yaml
 
@@ -274,3 +275,29 @@ def test_document_cost_with_many_routes(routes: int) -> None:
             history.record(Answer(route=f"r{i}"), 0.01)
     assert history.nbytes() == routes * Series().nbytes
     assert history.nbytes() <= 300 * 15_200
+
+
+async def test_one_document_a_second_unless_a_breaker_moves(upstream_factory, gateway_factory) -> None:
+    """However many pages poll, the document is built at most once a second; a breaker that moves
+    (an operator's reset or force-open from the page) shows at once."""
+    up = await upstream_factory()
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}"}))
+    s = gw.session
+
+    async def status() -> dict:
+        async with s.get(f"{gw.admin}/admin/status", headers={"Accept-Encoding": "identity"}) as resp:
+            return json.loads(await resp.read())
+
+    first = await status()
+    async with s.get(f"{gw.url}/api/x") as resp:
+        assert resp.status == 200
+    again = await status()
+    assert again == first and again["last_1m"]["requests"] == 0  # the same document, within the second
+    async with s.post(f"{gw.admin}/admin/breakers/api/open") as resp:
+        assert resp.status == 200
+    moved = await status()
+    assert moved["upstreams"][0]["breakers"][0]["forced"] is True and moved["last_1m"]["requests"] == 1
+    await asyncio.sleep(DOCUMENT_TTL + 0.1)
+    async with s.get(f"{gw.url}/api/x") as resp:
+        assert resp.status == 503
+    assert (await status())["last_1m"]["requests"] == 2

@@ -123,7 +123,7 @@ function sparkline(spark, what) {
 
 function figure(field, value, label, cls) {
   return h("div", { class: "figure" + (cls ? " " + cls : "") },
-           h("b", { "data-field": field, text: value }), h("span", { text: label }));
+           h("b", { "data-field": field, text: value }), h("span", {}, label));
 }
 
 function drawOverview(doc) {
@@ -141,6 +141,19 @@ function drawOverview(doc) {
     parts.push(h("span", {}, "no upstream matched (15 min): ", num(doc.unrouted.last_15m.requests)));
   }
   $("overview").replaceChildren(...parts);
+  // One chip per upstream, worst breaker state and last minute: a phone sees every upstream at once.
+  $("chips").replaceChildren(...doc.upstreams.map((up) => {
+    const state = worstState(up);
+    const rate = up.last_1m.success_rate;
+    return h("a", { class: "chip", href: `#upstream-${up.name}`, "data-state": state, "data-chip": up.name },
+      h("b", { text: up.name }), " ", state === "closed" ? "" : `breaker ${state.replace("_", "-")} · `,
+      rate === null ? "idle" : `${pct(rate)} ok`);
+  }));
+}
+
+function worstState(up) {
+  const states = up.breakers.map((b) => b.state);
+  return states.includes("open") ? "open" : states.includes("half_open") ? "half_open" : "closed";
 }
 
 function drawBreaker(b) {
@@ -228,14 +241,17 @@ function drawRoutes(up) {
 
 function drawUpstream(up) {
   const m = up.last_1m, q = up.last_15m;
-  const breakerStates = up.breakers.map((b) => b.state);
-  const worst = breakerStates.includes("open") ? "open" : breakerStates.includes("half_open") ? "half_open" : "closed";
+  const worst = worstState(up);
   const caches = up.routes.some((r) => r.cache) || q.cache_lookups > 0;
   const limits = up.routes.some((r) => r.rate_limit && r.rate_limit.length) || q.throttled > 0;
   const figures = h("div", { class: "figures" },
-    figure("success-1m", pct(m.success_rate), `ok, last minute (${num(m.requests)} requests)`, errorsClass(m)),
+    figure("success-1m", pct(m.success_rate),
+           ["ok, last minute (", h("span", { "data-field": "requests-1m", text: num(m.requests) }), " requests)"],
+           errorsClass(m)),
     figure("errors-1m", num(m.errors), "errors, last minute", m.errors ? errorsClass(m) || "warn" : ""),
-    figure("success-15m", pct(q.success_rate), `ok, 15 min (${num(q.requests)} requests)`, errorsClass(q)),
+    figure("success-15m", pct(q.success_rate),
+           ["ok, 15 min (", h("span", { "data-field": "requests-15m", text: num(q.requests) }), " requests)"],
+           errorsClass(q)),
     figure("errors-15m", num(q.errors), "errors, 15 min", ""),
     figure("latency-1m", `${ms(m.p50_ms)} / ${ms(m.p95_ms)}`, "p50 / p95, last minute", ""),
     figure("inflight", `${num(up.inflight)} · ${num(up.queued)}`,
@@ -249,7 +265,7 @@ function drawUpstream(up) {
     h("h2", { text: up.name }),
     h("span", { class: "badge", "data-state": worst, "data-field": "upstream-breaker", text: `breaker ${worst.replace("_", "-")}` }),
     h("span", { class: "muted small", text: `${up.kind} · ${up.prefix}` }));
-  return h("section", { class: "card upstream", "data-upstream": up.name },
+  return h("section", { class: "card upstream", id: `upstream-${up.name}`, "data-upstream": up.name },
     head, figures, up.breakers.map(drawBreaker), h("div", { class: "scroll" }, drawRoutes(up)));
 }
 
