@@ -248,6 +248,7 @@ async def test_an_incident_as_the_page_shows_it(browser: Browser, incident: tupl
         assert "(in 4 min)" in probe or "(in 5 min)" in probe, probe
         await eventually(lambda: _at_least(page, "api", "stale-15m", 3), what="STALE count")
         assert (await field_of(page, "api", "stale", "profiles").inner_text()) == "3 / 3"
+        assert "breaker open" in await page.locator("[data-chip='api']").inner_text()  # the strip at the top
         assert await page.locator("[data-upstream='calm'] .breaker").get_attribute("data-state") == "closed"
         assert await number(page, "calm", "errors-1m") == 0
         row = page.locator("#errors tbody tr", has_text="incident-rid-4")

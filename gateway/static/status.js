@@ -75,7 +75,8 @@ function relative(iso) {
   if (!iso || !last) return "";
   const delta = (Date.parse(iso) - Date.parse(last.gateway.now)) / 1000;
   if (isNaN(delta)) return "";
-  return delta > 0.5 ? "in " + span(delta) : span(delta) + " ago";
+  if (Math.abs(delta) < 1) return "now";
+  return delta > 0 ? "in " + span(delta) : span(delta) + " ago";
 }
 function when(iso) {
   if (!iso) return dash;
