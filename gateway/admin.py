@@ -5,6 +5,7 @@ Owns the admin ``web.Application``: GET /livez, /readyz, /health, /metrics, /adm
 /admin/cache/purge. POSTs need
 ``Authorization: Bearer <admin.token>`` when a token is set, compared in constant time. The
 admin app shares nothing with the proxy port: the proxy never serves these paths.
+The status page's GET routes (``/``, its assets, ``/admin/status``) come from ``statuspage``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .config import redacted
 from .errors import GatewayError
 from .logs import redact_data, redact_text
 from .metrics import CONTENT_TYPE
+from .statuspage import routes as status_page_routes
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -166,4 +168,5 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/admin/breakers/{name}/{action:reset|open}", breaker_action)
     app.router.add_get("/admin/cache", cache)
     app.router.add_post("/admin/cache/purge", cache_purge)
+    app.add_routes(status_page_routes(_gateway))  # GET /, its assets, GET /admin/status
     return app

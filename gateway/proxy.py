@@ -795,6 +795,7 @@ class Proxy:
         if upstream is not None:
             failed = ex.error if ex.error else (f"HTTP {ex.status}" if ex.status >= 500 else None)
             upstream.stats.record(headers_at - ex.start, failed)
+        self.state.history.record(ex, headers_at - ex.start)
         access_log(
             {
                 "request_id": ex.request_id,

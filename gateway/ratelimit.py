@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from .config import RateLimit
 from .errors import RateLimited
@@ -104,6 +104,19 @@ class RateLimiter:
     def __len__(self) -> int:
         """The number of buckets held."""
         return len(self._buckets)
+
+    def headroom(self) -> dict[str, float | int | None]:
+        """For the status page: ``keys`` (buckets held), ``tokens_min`` (the fewest tokens left in
+        any bucket: the key nearest its limit; None before the first request) and ``exhausted``
+        (buckets with less than one token: the next request there waits or gets 429). Key values are
+        not shown: they may be phone numbers. Reads without touching the buckets' LRU order."""
+        peek = Cache.__getitem__  # LRUCache's own __getitem__ would make every bucket recently used
+        tokens = [peek(self._buckets, key).tokens for key in list(self._buckets)]
+        return {
+            "keys": len(tokens),
+            "tokens_min": round(min(tokens), 2) if tokens else None,
+            "exhausted": sum(1 for t in tokens if t < 1 - _EPSILON),
+        }
 
     def bucket(self, key: str | None) -> TokenBucket:
         """The bucket for ``key`` (the value of the configured path parameter), made full on first use.

@@ -47,6 +47,7 @@ from .errors import (
     Overloaded,
     RequestTimeout,
 )
+from .history import History
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -68,6 +69,7 @@ class State:
     cache: ResponseCache
     draining: bool = False
     inflight: int = 0
+    history: History = field(default_factory=History)  # the status page's 15 minutes
 
 
 # File descriptors kept aside from client connections: listeners, the event loop, logs, Redis,
@@ -522,6 +524,7 @@ class Gateway:
 
     def _breaker_moved(self, breaker: CircuitBreaker, before: str, after: str) -> None:
         self.metrics.breaker_transitions.labels(breaker.upstream, breaker.route, after).inc()
+        self.state.history.transition(breaker.name, before, after, breaker.last_event)
         if self.sync is not None:
             self.sync.noted(breaker, before, after)
         level = logging.WARNING if after == "open" else logging.INFO
