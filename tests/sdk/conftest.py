@@ -108,11 +108,13 @@ class Stack:
     def __init__(self, tmp: Path) -> None:
         self.sim_ports = {name: free_port() for name in APIS}
         args = [f"--{name}-port={port}" for name, port in self.sim_ports.items()]
+        self._sim_log_path = tmp / "sim.log"
+        self._sim_log = self._sim_log_path.open("wb")
         self.sim = subprocess.Popen(
             [sys.executable, "-m", "gateway", "sim", "--seed", "1", *args],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self._sim_log,
+            stderr=subprocess.STDOUT,
         )
         self._wait_sim()
         config = tmp / "sdk-suite.yaml"
@@ -126,7 +128,7 @@ class Stack:
                 if _http("GET", f"{self.sim_url('graph')}/_sim/stats")[0] == 200:
                     return
             if self.sim.poll() is not None:
-                raise RuntimeError(f"gateway sim exited: {self.sim.stderr.read() if self.sim.stderr else ''}")
+                raise RuntimeError(f"gateway sim exited: {self._sim_log_path.read_text(errors='replace')}")
             time.sleep(0.05)
         raise RuntimeError("gateway sim did not start")
 
@@ -154,13 +156,23 @@ class Stack:
         status, body = _http("POST", f"{self.gateway.admin}/admin/breakers/{name}/{action}")
         assert status == 200, body
 
+    def sim_requests(self, upstream: str, route: str) -> int:
+        return int(self.sim_stats()["upstreams"][upstream]["routes"][route]["requests"])
+
     @contextlib.contextmanager
-    def busy(self, prefix: str, path: str, method: str = "GET", body: bytes | None = None) -> Iterator[None]:
-        """Hold the only slot of a ``-tight`` upstream with one slow request (the sim delays answers)."""
-        with self.scenario("defaults: {latency: {fixed: 1500ms}}"):
-            thread = threading.Thread(target=_http, args=(method, f"{self.url}/{prefix}{path}", body), daemon=True)
+    def busy(self, api: str, prefix: str) -> Iterator[None]:
+        """Hold the only slot of a ``-tight`` upstream with one slow request (the sim delays answers
+        by 3 s); yields once the sim has that request, so the slot is surely taken."""
+        route = ROUTE_NAMES[api]
+        with self.scenario("defaults: {latency: {fixed: 3s}}"):
+            seen = self.sim_requests(api, route)
+            url = f"{self.url}/{prefix}{ROUTE_PATHS[api]}"
+            thread = threading.Thread(target=_http, args=("GET", url), daemon=True)
             thread.start()
-            time.sleep(0.4)  # the slow request is in flight and holds the slot
+            end = time.monotonic() + 5
+            while self.sim_requests(api, route) == seen:
+                assert time.monotonic() < end, "the slow request never reached the sim"
+                time.sleep(0.02)
             try:
                 yield
             finally:
@@ -170,6 +182,7 @@ class Stack:
         self.gateway.stop()
         self.sim.terminate()
         self.sim.wait(10)
+        self._sim_log.close()
 
 
 @pytest.fixture(scope="session")
@@ -265,6 +278,7 @@ ROUTE_PATHS = {
     "gemini": "/v1beta/models",
     "supabase": "/rest/v1/t",
 }
+ROUTE_NAMES = {"graph": "media_url", "lookaside": "media", "gemini": "models", "supabase": "rest_read"}
 BAD_TIMEOUT_HEADER = {"x-gateway-timeout-ms": "soon"}  # refused with 400 bad_request after routing
 
 
@@ -289,7 +303,7 @@ def provoke(stack: Stack, error: str, api: str) -> Iterator[str]:
     elif error == "body_too_large":
         yield f"{api}-tight"
     elif error == "overloaded":
-        with stack.busy(f"{api}-tight", path):
+        with stack.busy(api, f"{api}-tight"):
             yield f"{api}-tight"
     elif error == "upstream_timeout":
         with stack.scenario("defaults: {outages: [{start: 0s, duration: 1h, mode: timeout}]}"):

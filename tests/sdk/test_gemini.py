@@ -121,7 +121,7 @@ def test_each_gateway_error_is_an_api_error(stack, errors, error):
             )
         took = time.monotonic() - started
     _check(info.value, error)
-    assert took < 3.0  # one SDK try: the gateway's answer, no client-side retries (total is 2 s)
+    assert took < 5.0  # one SDK try: the gateway's answer, no client-side retries (total is 2 s)
     errors.add(
         "google-genai", "generate_content", error, info.value, info.value.code, info.value.status, info.value.message
     )

@@ -145,3 +145,24 @@ def test_no_route_is_a_wrong_transport_prefix(stack, errors):
     with pytest.raises(Exception) as info:
         wa.send_message(to=TO, text="lost")
     errors.add("pywa", "send_message", "no_route", info.value, 404, None, str(info.value))
+
+
+async def test_pywa_async_sends_and_raises_the_same(stack, errors):
+    def async_client(graph: str) -> dict:
+        replace = {'"http://127.0.0.1:8080"': f'"{stack.url}"', '"/graph"': f'"/{graph}"'}
+        return recipe("pywa_async", replace, {"PHONE_ID": PHONE, "WHATSAPP_TOKEN": "EAAG-test"})
+
+    ns = async_client("graph")
+    sent = await ns["wa"].send_message(to=TO, text="hello, async")
+    assert sent.id.startswith("wamid.")
+    await ns["session"].aclose()
+    with provoke(stack, "breaker_open", "graph") as prefix:
+        ns = async_client(prefix)
+        with pytest.raises(WhatsAppError) as info:
+            await ns["wa"].send_message(to=TO, text="refused")
+        await ns["session"].aclose()
+    _check(info.value, "breaker_open")
+    err = info.value
+    errors.add(
+        "pywa_async", "send_message", "breaker_open", err, err.status_code, f"{err.code}/{err.subcode}", err.message
+    )

@@ -87,7 +87,7 @@ def test_a_client_timeout_above_total_gets_the_gateways_answer(stack, errors):
         started = time.monotonic()
         with pytest.raises(AuthRetryableError) as info:
             documented.auth.sign_in_with_password({"email": "a@example.test", "password": "s3cret-pass"})
-        assert 5.5 < time.monotonic() - started < 9  # the gateway's total (6 s), not the SDK's 5 s
+        assert 5.5 < time.monotonic() - started < 12  # the gateway's total (6 s), not the SDK's 5 s
         assert info.value.status == 504 and info.value.message.endswith("[upstream_timeout]")
 
         from supabase import create_client
@@ -125,7 +125,7 @@ def test_postgrest_raises_api_error(stack, errors, error):
     assert (err.code, status, response.status_code) == (error, STATUS[error], STATUS[error])
     assert err.message.startswith("gateway, upstream") and err.hint
     assert f"x-request-id: {response.headers['x-request-id']}" in err.details
-    assert took < 3.0  # postgrest_client_retry=False: one try (its default would wait 1 + 2 + 4 s more)
+    assert took < 5.0  # postgrest_client_retry=False: one try (its default would wait 1 + 2 + 4 s more)
     errors.add(
         "supabase/postgrest",
         "select" if error != "body_too_large" else "insert",
