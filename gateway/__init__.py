@@ -12,6 +12,7 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
 - ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
+- ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history
 - ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``): ``gateway sim``
 """
 
