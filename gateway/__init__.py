@@ -11,6 +11,7 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
 - ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
+- ``sim``: simulated upstreams (``gateway sim``);  ``simgen``: the scenario suite's generated fault schedules
 """
 
 from .config import Config, ConfigError, load_config, parse_config
