@@ -62,6 +62,7 @@ HOST = fr.HOST
 SIM_CONFIG = fr.SIM_CONFIG
 SEEDS_SCENARIO = fr.SCENARIOS_DIR / "seeds.yaml"
 BUILTIN_PATHS = ("direct", "nginx", "defaults", "shipped")
+REPEAT_SEED_OFFSET = 100_000  # the sim's seed for a member's second replay: its seed + this
 SIM_PORTS = {8081: "graph", 8082: "gemini", 8083: "supabase", 8084: "lookaside"}  # sim.yaml's upstream URLs
 KEEP_TOP = ("listen", "admin", "log", "drain", "cache_store")  # not policies: wiring and logging
 KEEP_UPSTREAM = ("url", "kind", "prefix", "set_headers", "forwarded_headers")
@@ -90,6 +91,7 @@ class Member:
 
     @property
     def schedule_seed(self) -> int:
+        """The seed of the request schedule, and of the sim's random draws (seeds' own seed is 7)."""
         return 7 if self.seed is None else self.seed
 
 
@@ -179,7 +181,7 @@ def point_at_sim(config: dict[str, Any], sim_ports: dict[str, int], port: int, a
 class Run:
     member: Member
     path: str
-    repeat: int = 0  # 1: the second replay of a member, for the noise estimate
+    repeat: int = 0  # 1: the member again, the sim's random draws reseeded: the noise estimate
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,9 +195,9 @@ def _ports(n: int) -> list[int]:
                 return ports
 
 
-def _start_sim(procs: Processes, scenario: Path) -> dict[str, int]:
+def _start_sim(procs: Processes, scenario: Path, seed: int) -> dict[str, int]:
     ports = dict(zip(fr.SIM_UPSTREAMS, _ports(len(fr.SIM_UPSTREAMS)), strict=True))
-    argv = [sys.executable, "-m", "gateway", "sim", "--scenario", str(scenario), "--host", HOST]
+    argv = [sys.executable, "-m", "gateway", "sim", "--scenario", str(scenario), "--host", HOST, "--seed", str(seed)]
     for up, port in ports.items():
         argv += [f"--{up}-port", str(port)]
     proc = procs.start("sim", argv, env=fr.gateway_env())
@@ -276,7 +278,8 @@ def run_one(run: Run, workdir: Path, configs: dict[str, dict[str, Any]], args: a
     try:
         with Processes(workdir) as procs:
             _ACTIVE.add(procs)
-            sim_ports = _start_sim(procs, scenario)
+            # a repeat keeps the fault windows and the requests, and reseeds the sim's random draws
+            sim_ports = _start_sim(procs, scenario, member.schedule_seed + REPEAT_SEED_OFFSET * run.repeat)
             if run.path == "direct":
                 base = {up: f"http://{HOST}:{port}" for up, port in sim_ports.items()}
             elif run.path == "nginx":
@@ -389,9 +392,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="one more gateway path: a config pointing at sim.yaml's upstream URLs (repeatable)",
     )
     ap.add_argument("--config", type=Path, default=None, help="same as --gateway-config STEM=PATH (the file's stem)")
-    ap.add_argument("--parallel", type=int, default=4, help="runs at a time, each with its own sim (default 4)")
+    ap.add_argument("--parallel", type=int, default=8, help="runs at a time, each with its own sim (default 8)")
     ap.add_argument(
-        "--repeat", type=int, default=None, help="replay the first K members twice, for the noise (3; quick 0)"
+        "--repeat", type=int, default=None, help="replay the first K members twice, for the noise (4; quick 0)"
     )
     ap.add_argument("--margin", type=float, default=None, help="fixed noise margin in percentage points")
     ap.add_argument("--rate", type=fr.parse_rate, default=None, help="requests per second (default 20, quick 10)")
@@ -412,7 +415,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.warmup = (3.0 if q else 10.0) if args.warmup is None else args.warmup
     args.tail = (8.0 if q else 15.0) if args.tail is None else args.tail
     args.client_timeout = args.client_timeout or (10.0 if q else 30.0)
-    args.repeat = (0 if q else 3) if args.repeat is None else args.repeat
+    args.repeat = (0 if q else 4) if args.repeat is None else args.repeat
     args.weights = args.weights or {r.name: r.weight for r in fr.ROUTES}
     if args.suite is not None and args.suite < 1:
         ap.error("--suite: expected at least 1 member")

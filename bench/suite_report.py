@@ -9,9 +9,15 @@ re-read, re-judged with another margin, or merged with a later run of more gatew
 Rows are the mix's routes and the groups ``reads+sends``, ``reads``, ``sends``, ``writes``, ``generations``,
 ``all``. Per half (``all``, ``tuning``, ``holdout``), path and row: the median, mean and worst member's
 success rate and the median upstream requests per client request; duplicate sends per path. A gateway path
-loses to ``direct`` or ``nginx`` on a member and row when its rate is below theirs by more than the margin:
-``--margin`` if given, else the larger of the widest spread seen between two replays of one member through
-one path for that row (``--repeat``) and twice the binomial standard error of the difference.
+loses to ``direct`` or ``nginx`` on a member and row when its rate is below theirs by more than the margin.
+
+The margin is ``--margin`` when given. Otherwise it comes from the repeats (``--repeat K``: the first K
+members replayed once more through every path, same fault windows and requests, the sim's random draws
+reseeded): the spread of a row is |first - second| success rate. If the noise of a comparison is normal,
+the median spread is 0.674 of its standard deviation, so 2.9 x the median spread bounds 95 % of it; the
+median (not the widest spread) is used because a path whose two replays differ widely is itself unstable,
+and that instability is what the suite must show, not hide. The margin is never under 1 percentage point.
+Without repeats, it is twice the binomial standard error of the difference.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ GROUPS = {  # report row -> fault_replay.summarize()'s kind
     "all": "all",
 }
 HALVES = (("all", "all members"), ("tuning", "tuning half"), ("holdout", "held-out half"))
+MIN_MARGIN = 0.01  # one percentage point: about one request of a route in one member
+MEDIAN_TO_95 = 2.9  # 1.96 / 0.674: a normal noise's 95 % bound over its median absolute value
 LOSS_ROWS_SHOWN = "routes and all"  # the markdown lists losses on routes and on all routes; the JSON has every row
 
 
@@ -71,10 +79,12 @@ def noise(runs: Sequence[dict[str, Any]], rows: Sequence[str]) -> dict[str, Any]
                 spreads[row].append(abs(x - y))
                 pair[row] = round(abs(x - y), 4)
         pairs.append(pair)
+    median = {row: (statistics.median(v) if v else None) for row, v in spreads.items()}
     return {
         "pairs": pairs,
         "max": {row: (max(v) if v else None) for row, v in spreads.items()},
-        "median": {row: (statistics.median(v) if v else None) for row, v in spreads.items()},
+        "median": median,
+        "margin": {row: (None if m is None else max(MIN_MARGIN, MEDIAN_TO_95 * m)) for row, m in median.items()},
     }
 
 
@@ -82,11 +92,13 @@ def margin(row: str, a: dict[str, Any], b: dict[str, Any], measured: dict[str, A
     """How far below ``b``'s rate ``a``'s may be and still be a tie (see the module's docstring)."""
     if fixed is not None:
         return fixed
+    if measured.get("margin", {}).get(row) is not None:
+        return float(measured["margin"][row])
     pa, pb = rate(a, row) or 0.0, rate(b, row) or 0.0
     na, nb = int(block(a, row).get("requests", 0)), int(block(b, row).get("requests", 0))
     p = (pa * na + pb * nb) / max(1, na + nb)
     se = math.sqrt(max(p * (1 - p), 1e-9) * (1 / max(1, na) + 1 / max(1, nb)))
-    return max(measured.get("max", {}).get(row) or 0.0, 2 * se)
+    return max(MIN_MARGIN, 2 * se)
 
 
 def aggregate(
@@ -186,8 +198,9 @@ def report_markdown(data: dict[str, Any]) -> str:
     judged = (
         f"the fixed margin {meta['margin'] * 100:g} pp"
         if meta.get("margin") is not None
-        else "the larger of the widest spread between two replays of one member through one path (see Noise)"
-        " and twice the binomial standard error of the difference"
+        else "the noise margin of the row (see Noise: 2.9 x the median spread between two replays, at least 1 pp)"
+        if data["noise"]["pairs"]
+        else "twice the binomial standard error of the difference (no repeats were run), at least 1 pp"
     )
     lines = [
         f"# Fault suite, {meta['date']}{' (quick)' if meta['quick'] else ''}",
@@ -265,15 +278,25 @@ def report_markdown(data: dict[str, Any]) -> str:
     if pairs:
         lines += [
             f"{len(pairs)} runs replayed twice (members {', '.join(sorted({p['member'] for p in pairs}))}, every path)."
-            " Spread: |first − second| success rate, in percentage points.",
+            " The second replay keeps the fault windows and the requests and reseeds the sim's random draws."
+            " Spread: |first − second| success rate, in percentage points; margin: max(1, 2.9 × median spread).",
             "",
-            "| route | widest spread (the margin's floor) | median spread |",
-            "|---|---:|---:|",
+            "| route | median spread | widest spread | margin |",
+            "|---|---:|---:|---:|",
         ]
+        n = data["noise"]
         lines += [
-            f"| {row} | {_pp(data['noise']['max'].get(row))} | {_pp(data['noise']['median'].get(row))} |"
+            f"| {row} | {_pp(n['median'].get(row))} | {_pp(n['max'].get(row))} | {_pp(n['margin'].get(row))} |"
             for row in rows
         ]
+        wide = [(p, [k for k in rows if (p.get(k) or 0) > 0.05]) for p in pairs]
+        if any(keys for _, keys in wide):
+            lines += ["", "Pairs more than 5 pp apart on some row (the path is itself unstable on that member):", ""]
+            lines += [
+                f"- {p['member']} {p['path']}: " + ", ".join(f"{k} {p[k] * 100:.1f}" for k in keys)
+                for p, keys in wide
+                if keys
+            ]
     else:
         lines.append("No member was replayed twice (`--repeat 0`): the margin is twice the binomial standard error.")
     errors = [r for r in data["runs"] if "error" in r]
