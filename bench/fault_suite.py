@@ -37,10 +37,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -52,7 +52,7 @@ sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(REPO_DIR))  # this checkout's gateway package, not whatever is installed
 import fault_replay as fr  # noqa: E402
 from overhead import Processes, free_ports, wait_until  # noqa: E402
-from suite_report import GROUPS, judge, report_markdown  # noqa: E402
+from suite_report import GROUPS, judge, report_markdown, write_json  # noqa: E402
 
 from gateway.config import _UniqueKeyLoader  # noqa: E402
 from gateway.sim import load_scenario  # noqa: E402
@@ -62,11 +62,13 @@ HOST = fr.HOST
 SIM_CONFIG = fr.SIM_CONFIG
 SEEDS_SCENARIO = fr.SCENARIOS_DIR / "seeds.yaml"
 BUILTIN_PATHS = ("direct", "nginx", "defaults", "shipped")
+BIND_ATTEMPTS = 3
 REPEAT_SEED_OFFSET = 100_000  # the sim's seed for a member's second replay: its seed + this
 SIM_PORTS = {8081: "graph", 8082: "gemini", 8083: "supabase", 8084: "lookaside"}  # sim.yaml's upstream URLs
 KEEP_TOP = ("listen", "admin", "log", "drain", "cache_store")  # not policies: wiring and logging
 KEEP_UPSTREAM = ("url", "kind", "prefix", "set_headers", "forwarded_headers")
 KEEP_ROUTE = ("name", "match", "cache", "invalidates")
+T = TypeVar("T")
 _PORT_LOCK = threading.Lock()
 _PORTS_GIVEN: set[int] = set()
 
@@ -195,6 +197,21 @@ def _ports(n: int) -> list[int]:
                 return ports
 
 
+def _bound(start: Callable[[], T]) -> T:
+    """``start()``; again, on new free ports, when a port it drew was taken meanwhile.
+
+    A free port is only free when drawn: any socket of the machine (the client's own outgoing connections
+    included) may take it as its local port before the process binds it.
+    """
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if "in use" not in str(exc).lower() or attempt == BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _start_sim(procs: Processes, scenario: Path, seed: int) -> dict[str, int]:
     ports = dict(zip(fr.SIM_UPSTREAMS, _ports(len(fr.SIM_UPSTREAMS)), strict=True))
     argv = [sys.executable, "-m", "gateway", "sim", "--scenario", str(scenario), "--host", HOST, "--seed", str(seed)]
@@ -279,14 +296,15 @@ def run_one(run: Run, workdir: Path, configs: dict[str, dict[str, Any]], args: a
         with Processes(workdir) as procs:
             _ACTIVE.add(procs)
             # a repeat keeps the fault windows and the requests, and reseeds the sim's random draws
-            sim_ports = _start_sim(procs, scenario, member.schedule_seed + REPEAT_SEED_OFFSET * run.repeat)
+            seed = member.schedule_seed + REPEAT_SEED_OFFSET * run.repeat
+            sim_ports = _bound(lambda: _start_sim(procs, scenario, seed))
             if run.path == "direct":
                 base = {up: f"http://{HOST}:{port}" for up, port in sim_ports.items()}
             elif run.path == "nginx":
-                port = fr.start_nginx(procs, sim_ports)
+                port = _bound(lambda: fr.start_nginx(procs, sim_ports))
                 base = {up: f"http://{HOST}:{port}/{up}" for up in fr.SIM_UPSTREAMS}
             else:
-                port = _start_gateway(procs, sim_ports, configs[run.path])
+                port = _bound(lambda: _start_gateway(procs, sim_ports, configs[run.path]))
                 base = {up: f"http://{HOST}:{port}/{up}" for up in fr.SIM_UPSTREAMS}
             fr.sim_restart(sim_ports)
             results, at_mark = asyncio.run(_replay(base, calls, member.warmup, sim_ports, args.client_timeout))
@@ -300,6 +318,9 @@ def run_one(run: Run, workdir: Path, configs: dict[str, dict[str, Any]], args: a
     summary = fr.summarize(measured, routes, _delta(end, at_mark))
     for data in summary["routes"].values():
         data.pop("cache", None)
+    for data in summary["kinds"].values():  # the routes' answers add up to these
+        data.pop("cache", None)
+        data.pop("statuses", None)
     run.result = {
         **summary,
         "duplicate_sends": end.get("messages", {}).get("duplicates_delivered", 0),
@@ -538,9 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for name in (f"fault-suite-{stamp}{suffix}.md", f"fault-suite-latest{suffix}.md"):
             (args.out_dir / name).write_text(text)
-        (args.out_dir / f"fault-suite-{stamp}{suffix}.json").write_text(json.dumps(data, indent=1))
+        write_json(args.out_dir / f"fault-suite-{stamp}{suffix}.json.gz", data)
     if args.json is not None:
-        args.json.write_text(json.dumps(data, indent=1))
+        write_json(args.json, data)
     return 1 if any("error" in r.result for r in runs) else 0
 
 

@@ -23,6 +23,7 @@ Without repeats, it is twice the binomial standard error of the difference.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import statistics
@@ -238,6 +239,20 @@ def report_markdown(data: dict[str, Any]) -> str:
         lines += ["", "conversations and bot_profiles share the sim's `supabase.rest_read`: one figure for both.", ""]
     shown = [x for x in data["losses"] if x["row"] not in GROUPS or x["row"] == "all"]
     lines += [f"## Where a gateway path loses to direct or nginx ({len(shown)} member × path × row)", ""]
+    gateways = [p for p in paths if p not in ("direct", "nginx")]
+    if shown:
+        count = len({x["name"] for x in members})
+        lines += [f"Members (of {count}) where the path is below direct / below nginx by more than the margin:", ""]
+
+        def losing(row: str, p: str) -> str:
+            n = [
+                sum(1 for x in shown if x["path"] == p and x["row"] == row and o in x["against"])
+                for o in ("direct", "nginx")
+            ]
+            return f"{n[0]} / {n[1]}"
+
+        lines += _table("route", gateways, [r for r in rows if r not in GROUPS or r == "all"], losing)
+        lines.append("")
     if shown:
         lines += [
             "Routes and all routes (the JSON also has the groups). Diff in percentage points, margin in brackets.",
@@ -245,7 +260,8 @@ def report_markdown(data: dict[str, Any]) -> str:
             "| path | member | half | route | its rate | vs direct | vs nginx |",
             "|---|---|---|---|---:|---:|---:|",
         ]
-        for x in sorted(shown, key=lambda x: (x["path"], x["half"], x["member"], rows.index(x["row"]))):
+        order = {x["name"]: i for i, x in enumerate(members)}
+        for x in sorted(shown, key=lambda x: (x["path"], x["half"], order.get(x["member"], 0), rows.index(x["row"]))):
             vs = [
                 f"{_pct(a['rate'])}: {a['diff'] * 100:+.1f} ({a['margin'] * 100:.1f})"
                 if (a := x["against"].get(o))
@@ -329,21 +345,34 @@ def merge(files: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A suite's JSON file, gzipped (``.gz``) or not."""
+    raw = path.read_bytes()
+    data: dict[str, Any] = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Compact JSON; gzipped when ``path`` ends in ``.gz``."""
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Re-read (and merge) fault suite JSON files; print the markdown report.")
-    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("files", nargs="+", type=Path, help="suite JSON files (.json or .json.gz)")
     ap.add_argument("--margin", type=float, default=None, help="fixed noise margin in percentage points")
     ap.add_argument("--json", type=Path, default=None, help="write the merged, re-judged JSON here")
     args = ap.parse_args(argv)
     try:
-        data = merge([json.loads(f.read_text()) for f in args.files])
+        data = merge([read_json(f) for f in args.files])
     except (OSError, ValueError, KeyError) as exc:
         print(f"cannot read the suite's JSON: {exc}", file=sys.stderr)
         return 2
     judge(data, None if args.margin is None else args.margin / 100)
     print(report_markdown(data), end="")
     if args.json is not None:
-        args.json.write_text(json.dumps(data, indent=1))
+        write_json(args.json, data)
     return 0
 
 
