@@ -284,7 +284,7 @@ class Proxy:
         incoming_id = request.headers.get("x-request-id")
         rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
         path, _, query = request.raw_path.partition("?")
-        shown = f"{path}?{redact_query(query)}" if query else path
+        shown = f"{path}?{redact_query(query, self.state.runtime.config.log.secret_params)}" if query else path
         ex = Exchange(rid, time.monotonic(), request.method, shown)
         response: web.StreamResponse
         try:

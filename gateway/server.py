@@ -608,7 +608,7 @@ class Gateway:
         self.state.runtime = new
         await self._drop_cached(old, new)
         self._mtime = _mtime(self.path)
-        configure(config.log.level, config.log.format, config.log.access_log)
+        configure(config.log.level, config.log.format, config.log.access_log, config.log.redact_query)
         self.metrics.reloads.labels("ok").inc()
         event("config reloaded", source=source, **changes)
         if new.retired:
