@@ -410,9 +410,8 @@ class Readiness(Model):
     require: tuple[str, ...] = ()
 
 
-class Server(Model):
-    """The proxy port's client connections. Not in the contract's first version: defaults follow
-    nginx and Envoy (``client_header_timeout``, ``keepalive_timeout``, ``worker_connections``)."""
+class Listener(Model):
+    """A listener's client connections: the proxy port's defaults. ``AdminServer`` has its own."""
 
     header_timeout: Duration = Field(
         10.0, gt=0, description="the request line and headers must arrive within this, else 408 and close"
@@ -424,6 +423,34 @@ class Server(Model):
     max_request_line: Size = Field(16 * 1024, ge=256, description="longest request line; longer: 414")
     max_header_size: Size = Field(8 * 1024, ge=256, description="longest header (name and value); longer: 431")
     max_headers: int = Field(128, ge=8, description="most header lines in a request; more: 431")
+    max_chunk_line: Size = Field(
+        4 * 1024, ge=64, description="longest chunk-size line of a chunked body, extensions included; longer: 400"
+    )
+
+
+class AdminServer(Listener):
+    """The admin port's client connections: probes, Prometheus and operators need little."""
+
+    header_timeout: Duration = Field(5.0, gt=0, description="as server.header_timeout, for the admin port")
+    keepalive_timeout: Duration = Field(30.0, gt=0, description="as server.keepalive_timeout, for the admin port")
+    max_connections: int = Field(64, ge=1, description="open admin connections at once")
+    max_request_line: Size = Field(8 * 1024, ge=256, description="longest request line; longer: 414")
+    max_header_size: Size = Field(8 * 1024, ge=256, description="longest header (name and value); longer: 431")
+    max_headers: int = Field(64, ge=8, description="most header lines in a request; more: 431")
+    max_chunk_line: Size = Field(1024, ge=64, description="longest chunk-size line; longer: 400")
+
+
+class Server(Listener):
+    """The proxy port's client connections. Not in the contract's first version: defaults follow
+    nginx and Envoy (``client_header_timeout``, ``keepalive_timeout``, ``worker_connections``,
+    ``headers_with_underscores_action``); ``admin`` holds the admin port's own, smaller, limits."""
+
+    headers_with_underscores: Literal["allow", "drop", "reject"] = Field(
+        "allow",
+        description="request headers whose name holds '_': allow (forwarded), drop, or reject (400); "
+        "a look-alike of Content-Length, Transfer-Encoding, Host or Connection is never forwarded",
+    )
+    admin: AdminServer = AdminServer()
 
 
 class Config(Model):

@@ -213,6 +213,25 @@ BROKEN = [
         subprocess=False,
     ),
     Broken(
+        "headers_with_underscores_unknown",
+        "server: {headers_with_underscores: yes}\n",
+        "server.headers_with_underscores: input should be 'allow', 'drop' or 'reject', got 'yes'",
+        subprocess=False,
+    ),
+    Broken(
+        "max_chunk_line_too_small",
+        "server: {max_chunk_line: 10}\n",
+        "server.max_chunk_line: input should be greater than or equal to 64, got 10",
+        subprocess=False,
+    ),
+    Broken(
+        "admin_server_unknown_key",
+        "server: {admin: {max_conections: 10}}\n",
+        "server.admin.max_conections: unknown key (expected one of: header_timeout, keepalive_timeout, "
+        "max_connections, max_request_line, max_header_size, max_headers, max_chunk_line)",
+        subprocess=False,
+    ),
+    Broken(
         "on_is_not_a_boolean",
         "defaults:\n  retry: {on: [timeout], off: [503]}\n",
         "defaults.retry.off: unknown key (expected one of: attempts, backoff, on, methods, retry_after, "
