@@ -83,6 +83,9 @@ class State:
 FD_RESERVE = 64
 # A connection that has sent nothing yet may be closed to make room at the limit after this long.
 FRESH_GRACE = 1.0
+# How long, and how much, a connection closed for a framing error keeps reading and dropping.
+LINGER = 2.0
+LINGER_BYTES = 256 * 1024
 
 
 class _Refused(BadHttpMessage):
@@ -123,6 +126,8 @@ class _ProxyProtocol(RequestHandler):
         self._unanswered = 0  # requests parsed whose answer is not yet finished
         self.admitted = False
         self._switch_asked = False  # a request asked for a protocol switch: nothing after it is read
+        self._linger_until: asyncio.Future[None] | None = None  # set while lingering (see _linger)
+        self._lingered = 0  # bytes dropped while lingering
         settings = manager.settings()
         head = settings.max_request_line + settings.max_headers * (2 * settings.max_header_size + 4)
         self.framing = WireFraming(settings.max_chunk_line, head)  # read by gateway.framing.overhead
@@ -144,6 +149,8 @@ class _ProxyProtocol(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.admitted:
             return
+        if self._linger_until is not None and not self._linger_until.done():
+            self._linger_until.set_result(None)
         self._disarm_head_timer()
         self._gate.release(self)
         super().connection_lost(exc)
@@ -156,6 +163,11 @@ class _ProxyProtocol(RequestHandler):
     # ------------------------------------------------------------------ reading requests
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_until is not None:  # dropped; a client that keeps sending is cut off
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES and not self._linger_until.done():
+                self._linger_until.set_result(None)
+            return
         if not self.admitted or self._force_close or self._close or not self.framing.following:
             return
         if self._switch_asked and (self._last_payload is None or self._last_payload.is_eof()):
@@ -192,8 +204,10 @@ class _ProxyProtocol(RequestHandler):
         400, closed. When its handler already reads the body, that read fails (the handler answers
         400 and closes); the parser never saw the rest of the body, so it cannot have ended."""
         payload = self._last_payload
+        if payload is None:  # the parser refused the request already: that answer closes the connection
+            return
         for index, (_, queued) in enumerate(self._messages):
-            if payload is not None and queued is payload:
+            if queued is payload:
                 refused = _Refused(exc.message)
                 self._messages[index] = (_ErrInfo(status=400, exc=refused, message=exc.message), EMPTY_PAYLOAD)
                 return
@@ -267,11 +281,29 @@ class _ProxyProtocol(RequestHandler):
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         try:
-            return await super().finish_response(request, resp, start_time)
+            result = await super().finish_response(request, resp, start_time)
         finally:
             self._unanswered = max(0, self._unanswered - 1)
             if not self._unanswered and not self._messages and not self._force_close and not self._close:
                 self._gate.idle(self)
+        if not self.framing.following and not resp.keep_alive:
+            await self._linger()
+        return result
+
+    async def _linger(self) -> None:
+        """After the answer that ends a connection whose input was cut off mid-request (a framing
+        error), half-close and read and drop what the client still sends, until it closes, for
+        ``LINGER`` seconds or ``LINGER_BYTES`` at most: closing with unread bytes sends a reset,
+        which can destroy the answer before the client reads it (nginx's ``lingering_close``)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            return
+        self._linger_until = self._loop.create_future()
+        with contextlib.suppress(OSError, RuntimeError):
+            transport.write_eof()
+            transport.resume_reading()  # it may be paused for a full body buffer
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._linger_until), LINGER)
 
     # ------------------------------------------------------------------ answers
 

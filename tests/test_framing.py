@@ -145,6 +145,25 @@ async def test_max_chunk_line_is_configurable_and_applies_to_a_line_arriving_lat
     assert up.count == 0
 
 
+async def test_a_client_still_writing_after_the_refusal_reads_its_400(
+    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
+) -> None:
+    """Lingering close: the gateway half-closes and drops what still arrives, so the bytes the client
+    sends after the refusal do not turn into a reset that destroys the answer before it is read."""
+    gw, up = await _gateway(upstream_factory, gateway_factory)
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.proxy_port)
+        writer.write(CHUNKED + b"0" * 5000)
+        for _ in range(100):  # still sending, a little at a time, while the gateway answers
+            await asyncio.sleep(0.002)
+            writer.write(b"0" * 64)
+        async with asyncio.timeout(3):
+            answer = await reader.read()  # the answer, then the gateway's FIN
+        writer.close()
+        assert _status(answer) == 400 and b"chunk-size line" in answer
+    assert up.count == 0
+
+
 async def test_200_MiB_of_leading_zeros_are_cut_off_after_a_few_KiB(
     upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
 ) -> None:
