@@ -32,10 +32,35 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 from multidict import CIMultiDict
 
 from gateway.config import parse_config
 from gateway.server import Gateway
+
+# The nightly fuzz run (`python -m pytest -m fuzz --hypothesis-profile nightly`, see tests/test_fuzz.py):
+# 10,000 random examples per property (FUZZ_NIGHTLY_EXAMPLES to try the mode with fewer). CI runs the
+# default profile, with each property's own derandomized count.
+settings.register_profile(
+    "nightly",
+    max_examples=int(os.environ.get("FUZZ_NIGHTLY_EXAMPLES", "10000")),
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The nightly profile uses two cores: with pytest-xdist installed and no ``-n`` given, the
+    properties run in two worker processes, handed out one at a time (the longest take ~12 min)."""
+    nightly = config.getoption("hypothesis_profile", None) == "nightly"
+    xdist = config.pluginmanager.hasplugin("xdist") and not os.environ.get("PYTEST_XDIST_WORKER")
+    if nightly and xdist and getattr(config.option, "numprocesses", None) is None:
+        config.option.numprocesses = 2
+        config.option.maxschedchunk = 1
 
 ROOT = Path(__file__).resolve().parent.parent
 
