@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.framing import ChunkLineTooLong, WireFraming
+from gateway.hygiene import lookalike
 
 from .conftest import RunningGateway, Upstream, WireUpstream, gateway_yaml, raw_request
 
@@ -232,6 +233,21 @@ async def test_chunk_framing_counts_toward_max_request_body(
 
 
 # --------------------------------------------------------------------------- headers with underscores
+
+
+def test_lookalike_names_what_a_name_imitates() -> None:
+    imitations = {
+        "Transfer_Encoding": "transfer-encoding",
+        "content_length": "content-length",
+        "CONTENT_LENGTH": "content-length",
+        "Hoſt": "host",  # long s: upper-cases to S
+        "Connectıon": "connection",  # dotless i: upper-cases to I
+        "ＨＯＳＴ": "host",  # fullwidth: NFKC
+    }
+    for name, framing in imitations.items():
+        assert lookalike(name) == framing, name
+    for name in ("Transfer-Encoding", "HOST", "X_Trace", "Transfer__Encoding", "Content_Length_", "x-host"):
+        assert lookalike(name) is None, name
 
 
 async def _wire_gateway(gateway_factory: GatewayFactory, setting: str | None) -> tuple[RunningGateway, WireUpstream]:

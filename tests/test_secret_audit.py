@@ -236,6 +236,13 @@ def test_redaction_hides_secrets_and_keeps_the_rest() -> None:
         "key=***&pageSize=5&KEY=***&%6Bey=***&access%5Ftoken=***&x=key=E&apikey&signature=***"
     )
     assert redact_query("alt=sse&select=*,bots(id)") == "alt=sse&select=*,bots(id)"
+    assert redact_query("appsecret_proof=A&hash=B&OH=C&oe=D&mid=E&token_hash=F&api%5Fkey=G") == (
+        "appsecret_proof=***&hash=***&OH=***&oe=***&mid=E&token_hash=***&api%5Fkey=***"
+    )
+    assert redact_query("session=A&hash=B", frozenset({"session"})) == "session=***&hash=B"  # the names given
+    assert redact_text("fetching https://lookaside.fbsbx.com/a/?mid=1&oh=SECRET&oe=5F2&_nc=x failed") == (
+        "fetching https://lookaside.fbsbx.com/a/?mid=1&oh=***&oe=***&_nc=x failed"
+    )
     cases = {
         "redis://:pw@h:6379/0": "redis://:***@h:6379/0",
         "redis://user:pw@h/0?password=pw&db=1": "redis://user:***@h/0?password=***&db=1",
