@@ -25,6 +25,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ class _ProxyProtocol(RequestHandler):
                 refused = _Refused(exc.message)
                 self._messages[index] = (_ErrInfo(status=400, exc=refused, message=exc.message), EMPTY_PAYLOAD)
                 return
-        if payload is not None and not payload.is_eof():
+        if not payload.is_eof():
             payload.set_exception(exc)
             self._lingering_time = 0.0
         else:  # a pipelined request's body, its request already refused: the connection ends now
@@ -559,6 +560,7 @@ class Gateway:
             request_factory=plain.request_factory,
             access_log=None,
         )
+        server.fd_cap = sys.maxsize  # its connections are set aside by descriptor_budget: only its own cap applies
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         self._listeners.admin_runner = runner
