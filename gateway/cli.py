@@ -74,7 +74,7 @@ def run(path: str) -> int:
     except ConfigError as exc:
         print(redact_text(str(exc)), file=sys.stderr)  # a problem may quote a secret's value
         return 1
-    configure(config.log.level, config.log.format, config.log.access_log)
+    configure(config.log.level, config.log.format, config.log.access_log, config.log.redact_query)
     from .server import Gateway
 
     async def main() -> int:

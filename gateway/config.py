@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -35,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from yarl import URL
 
 from .errors import ConfigError
+from .logs import CONTRACT_REDACT_QUERY, DEFAULT_REDACT_QUERY
 from .routing import PathPattern, PatternError
 from .units import (
     format_duration,
@@ -177,10 +179,37 @@ class Admin(Model):
     token: Secret = Field("", description="bearer token for admin POSTs", repr=False)
 
 
+def _query_names(value: object) -> object:
+    if not isinstance(value, (list, tuple)):
+        raise _error("query_name", f"expected a list of query parameter names, got {shown(value)}")
+    names = []
+    for name in value:
+        if not isinstance(name, str) or not _QUERY_NAME.fullmatch(name):
+            raise _error(
+                "query_name",
+                f"expected query parameter names (printable, no '&', '=', '#' or space), got {shown(name)}",
+            )
+        names.append(name.lower())
+    return tuple(dict.fromkeys(names))
+
+
+_QUERY_NAME = re.compile(r"[\x21-\x22\x24-\x25\x27-\x3c\x3e-\x7e]+")
+
+
 class Log(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
     access_log: bool = True
+    redact_query: Annotated[tuple[str, ...], BeforeValidator(_query_names)] = Field(
+        DEFAULT_REDACT_QUERY,
+        description="query parameters whose values the logs show as ***; the contract's five "
+        "(key, token, access_token, apikey, signature) are always added",
+    )
+
+    @cached_property
+    def secret_params(self) -> frozenset[str]:
+        """The names ``redact_query`` hides: the configured ones and the contract's five, lower-case."""
+        return frozenset(self.redact_query) | CONTRACT_REDACT_QUERY
 
 
 class Drain(Model):
@@ -349,6 +378,13 @@ class Upstream(Policies):
             url = None
         if url is None or url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
             raise _error("url", f"expected an http(s) URL with a host and no query, got {shown(value)}")
+        if url.user is not None or url.password is not None:  # the URL holds a secret: it is not quoted
+            raise _error(
+                "url",
+                "credentials in the URL are not accepted (aiohttp would send them as Basic auth and refuse "
+                "any request that carries its own Authorization): remove them and send the header with "
+                "set_headers, e.g. set_headers: {authorization: 'Basic ${UPSTREAM_BASIC_AUTH}'}",
+            )
         return value.rstrip("/")
 
     @field_validator("prefix")
@@ -380,9 +416,8 @@ class Readiness(Model):
     require: tuple[str, ...] = ()
 
 
-class Server(Model):
-    """The proxy port's client connections. Not in the contract's first version: defaults follow
-    nginx and Envoy (``client_header_timeout``, ``keepalive_timeout``, ``worker_connections``)."""
+class Listener(Model):
+    """A listener's client connections: the proxy port's defaults. ``AdminServer`` has its own."""
 
     header_timeout: Duration = Field(
         10.0, gt=0, description="the request line and headers must arrive within this, else 408 and close"
@@ -394,6 +429,34 @@ class Server(Model):
     max_request_line: Size = Field(16 * 1024, ge=256, description="longest request line; longer: 414")
     max_header_size: Size = Field(8 * 1024, ge=256, description="longest header (name and value); longer: 431")
     max_headers: int = Field(128, ge=8, description="most header lines in a request; more: 431")
+    max_chunk_line: Size = Field(
+        4 * 1024, ge=64, description="longest chunk-size line of a chunked body, extensions included; longer: 400"
+    )
+
+
+class AdminServer(Listener):
+    """The admin port's client connections: probes, Prometheus and operators need little."""
+
+    header_timeout: Duration = Field(5.0, gt=0, description="as server.header_timeout, for the admin port")
+    keepalive_timeout: Duration = Field(30.0, gt=0, description="as server.keepalive_timeout, for the admin port")
+    max_connections: int = Field(64, ge=1, description="open admin connections at once")
+    max_request_line: Size = Field(8 * 1024, ge=256, description="longest request line; longer: 414")
+    max_header_size: Size = Field(8 * 1024, ge=256, description="longest header (name and value); longer: 431")
+    max_headers: int = Field(64, ge=8, description="most header lines in a request; more: 431")
+    max_chunk_line: Size = Field(1024, ge=64, description="longest chunk-size line; longer: 400")
+
+
+class Server(Listener):
+    """The proxy port's client connections. Not in the contract's first version: defaults follow
+    nginx and Envoy (``client_header_timeout``, ``keepalive_timeout``, ``worker_connections``,
+    ``headers_with_underscores_action``); ``admin`` holds the admin port's own, smaller, limits."""
+
+    headers_with_underscores: Literal["allow", "drop", "reject"] = Field(
+        "allow",
+        description="request headers whose name holds '_': allow (forwarded), drop, or reject (400); "
+        "a look-alike of Content-Length, Transfer-Encoding, Host or Connection is never forwarded",
+    )
+    admin: AdminServer = AdminServer()
 
 
 class Config(Model):
@@ -654,7 +717,19 @@ def _describe(error: Any) -> str:
         return f"{loc[:-6]}: names use a-z, 0-9, '_' and '-', got {shown(value)}"
     if kind == "missing":
         return f"{loc}: required key is missing"
-    if kind in {"duration", "size", "rate", "percent", "outcome", "method", "pattern", "url", "prefix", "header"}:
+    if kind in {
+        "duration",
+        "size",
+        "rate",
+        "percent",
+        "outcome",
+        "method",
+        "pattern",
+        "url",
+        "prefix",
+        "header",
+        "query_name",
+    }:
         return f"{loc}: {msg}"
     return f"{loc}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
 

@@ -5,18 +5,33 @@ percent-encoded, encoded slashes, empty segments, a '#' anywhere, Content-Length
 Transfer-Encoding, control characters in header values) and the header filters in both
 directions (hop-by-hop headers and those named by ``Connection`` dropped, ``Host`` left for the
 client to set from the upstream URL, ``set_headers`` injected, ``x-request-id`` carried).
+
+Also the framing rules the proxy port applies as a request is parsed (``gateway.server`` calls
+them): ``screen_framing`` refuses a transfer coding other than ``chunked`` alone, and applies
+``server.headers_with_underscores`` to header names with ``_``, look-alikes of ``Content-Length``,
+``Transfer-Encoding``, ``Host`` and ``Connection`` (``Transfer_Encoding``, ``content_length``, or a
+name that case-folds to one) never being forwarded.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import BadRequest
 
-__all__ = ["HOP_BY_HOP", "check_request", "request_headers", "response_headers"]
+__all__ = [
+    "FRAMING_HEADERS",
+    "HOP_BY_HOP",
+    "check_request",
+    "lookalike",
+    "request_headers",
+    "response_headers",
+    "screen_framing",
+]
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection"}
@@ -59,6 +74,48 @@ def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) 
         if _BAD_VALUE.search(value) or _BAD_VALUE.search(name):
             raise BadRequest("a request header contains a control character")
     return path
+
+
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
+
+
+def lookalike(name: str) -> str | None:
+    """The framing header ``name`` is not but reads as, to a stack that turns '_' into '-' (CGI,
+    WSGI, PHP) or folds case beyond ASCII (``Hoſt``, ``Connectıon``); None for any other name."""
+    lower = name.lower()
+    if lower in FRAMING_HEADERS or (name.isascii() and "_" not in name):
+        return None
+    folded = unicodedata.normalize("NFKC", name)
+    for form in (lower, folded.casefold(), folded.upper().lower()):
+        if form.replace("_", "-") in FRAMING_HEADERS:
+            return form.replace("_", "-")
+    return None
+
+
+def screen_framing(headers: CIMultiDictProxy[str], underscores: str) -> CIMultiDictProxy[str] | None:
+    """The framing rules for a request just parsed: None when its headers stand as they are, or the
+    headers to use instead (``underscores == "drop"``: without names holding '_' or look-alikes).
+
+    Raises BadRequest for a transfer coding other than ``chunked`` alone (``gzip, chunked`` would
+    reach the upstream as a body of unannounced gzip bytes), for a look-alike of a framing header
+    unless ``underscores`` is drop, and for any name holding '_' when it is reject."""
+    for value in headers.getall("transfer-encoding", ()):
+        if value.strip(" \t").lower() != "chunked":
+            raise BadRequest("only 'Transfer-Encoding: chunked' is accepted")
+    if all(name.isascii() and "_" not in name for name in headers):
+        return None
+    if underscores == "drop":
+        kept: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in headers.items() if "_" not in name and lookalike(name) is None
+        )
+        return CIMultiDictProxy(kept) if len(kept) != len(headers) else None
+    for name in headers:  # the name is not echoed: only what it imitates
+        target = lookalike(name)
+        if target is not None:
+            raise BadRequest(f"a header name reads as {target!r} once '_' is '-' or its case is folded")
+        if underscores == "reject" and "_" in name:
+            raise BadRequest("a header name holds '_' (server.headers_with_underscores: reject)")
+    return None
 
 
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:

@@ -4,12 +4,15 @@ Owns the log format (one JSON object per line: ``time``, ``level``, ``msg`` and 
 access-log line of contract §5 (time, request_id, upstream, route, method, path, status,
 duration_ms, attempts, cache, error), and the redaction of what may carry a secret:
 
-- ``redact_query``: the values of ``key``, ``token``, ``access_token``, ``apikey`` and
-  ``signature`` (names matched case-insensitively and percent-decoded) shown as ``***``;
+- ``redact_query``: the values of the query parameters ``log.redact_query`` names (the contract's
+  ``key``, ``token``, ``access_token``, ``apikey`` and ``signature`` always among them; by default also
+  Graph's ``appsecret_proof``, lookaside's ``hash``/``oh``/``oe`` and Supabase's other token forms;
+  names matched case-insensitively and percent-decoded) shown as ``***``;
 - ``redact_text``: in free text (event fields, exception text, config errors), URL passwords (or
-  a bare userinfo), secret query values inside URLs, and the values a config problem quotes for a
-  secret key (``admin.token``, ``set_headers``, ``cache_store.url``) shown as ``***``. Every line the
-  formatters write, except the access log (already redacted), goes through it;
+  a bare userinfo), secret query values inside URLs (the default names, those ``configure`` was
+  given, and ``password``), and the values a config problem quotes for a secret key (``admin.token``,
+  ``set_headers``, ``cache_store.url``) shown as ``***``. Every line the formatters write, except
+  the access log (already redacted), goes through it;
 - ``redact_data``: ``redact_text`` on every string of JSON-able data (``/admin/config``, ``gateway check``).
 
 Header values are never logged: no function here accepts headers.
@@ -22,19 +25,53 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["access_log", "configure", "log", "redact_data", "redact_query", "redact_text"]
+__all__ = [
+    "CONTRACT_REDACT_QUERY",
+    "DEFAULT_REDACT_QUERY",
+    "access_log",
+    "configure",
+    "log",
+    "redact_data",
+    "redact_query",
+    "redact_text",
+]
 
 log = logging.getLogger("gateway")
 _access = logging.getLogger("gateway.access")
 
-SECRET_PARAMS = frozenset({"key", "token", "access_token", "apikey", "signature"})
+# Contract §5: always hidden, whatever log.redact_query says.
+CONTRACT_REDACT_QUERY = frozenset({"key", "token", "access_token", "apikey", "signature"})
+# log.redact_query's default: the contract's five, then what the three APIs put in URLs.
+DEFAULT_REDACT_QUERY: tuple[str, ...] = (
+    "key",
+    "token",
+    "access_token",
+    "apikey",
+    "signature",
+    # Graph: the app secret's HMAC of the token, token exchange and debugging
+    "appsecret_proof",
+    "client_secret",
+    "fb_exchange_token",
+    "input_token",
+    # lookaside.fbsbx.com media URLs: the signature and its expiry
+    "hash",
+    "oh",
+    "oe",
+    # Supabase: email links (token_hash), refresh tokens, the Realtime/REST key spelled with '_'
+    "token_hash",
+    "refresh_token",
+    "api_key",
+)
+SECRET_PARAMS = frozenset(DEFAULT_REDACT_QUERY)
 
 
-def redact_query(query: str) -> str:
-    """Return the raw query string with secret parameter values replaced by ``***``.
+def redact_query(query: str, names: frozenset[str] = SECRET_PARAMS) -> str:
+    """Return the raw query string with the values of the parameters in ``names`` (lower-case)
+    replaced by ``***``.
 
     A parameter's name is compared percent-decoded and case-folded (``%6Bey`` and ``KEY`` are
     ``key`` to an upstream, so they are here too); everything else is returned byte for byte."""
@@ -43,17 +80,22 @@ def redact_query(query: str) -> str:
     parts = query.split("&")
     for i, part in enumerate(parts):
         name, eq, _ = part.partition("=")
-        if eq and unquote_plus(name).strip().lower() in SECRET_PARAMS:
+        if eq and unquote_plus(name).strip().lower() in names:
             parts[i] = name + "=***"
     return "&".join(parts)
 
 
 # userinfo of a URL: "user:password@" keeps the user, a bare "token@" is hidden whole
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)(?P<info>[^\s/?#@'\"]*)@", re.IGNORECASE)
-# secret query values inside a URL (after '?' or '&'); "password" for redis://host/0?password=...
-_URL_PARAM = re.compile(
-    r"(?P<lead>[?&](?:key|token|access_token|apikey|signature|password)=)[^&\s'\"#]*", re.IGNORECASE
-)
+
+
+def _url_param(names: Iterable[str]) -> re.Pattern[str]:
+    """Secret query values inside a URL (after '?' or '&'); "password" for redis://host/0?password=..."""
+    alternatives = "|".join(re.escape(name) for name in sorted({*names, "password"}, key=len, reverse=True))
+    return re.compile(rf"(?P<lead>[?&](?:{alternatives})=)[^&\s'\"#]*", re.IGNORECASE)
+
+
+_URL_PARAM = _url_param(SECRET_PARAMS)
 # a config problem ("<file>: <location>: <message>, got <value>") about a secret key
 _SECRET_PROBLEM = re.compile(
     r"^(?P<head>(?:[^\n]*?: )?(?:[\w\-\[\]]+\.)*(?:token|password|set_headers(?:\.[^\s:]+)?|cache_store(?:\.url)?)"
@@ -121,8 +163,11 @@ class TextFormatter(logging.Formatter):
         return line if record.name == "gateway.access" else redact_text(line)
 
 
-def configure(level: str = "info", fmt: str = "json", access: bool = True) -> None:
-    """Send the gateway's logs to stdout in ``fmt``; silence aiohttp's own access log."""
+def configure(level: str = "info", fmt: str = "json", access: bool = True, redact: Iterable[str] = ()) -> None:
+    """Send the gateway's logs to stdout in ``fmt``; silence aiohttp's own access log. ``redact``:
+    ``log.redact_query``, whose names free text hides inside URLs too (with the defaults)."""
+    global _URL_PARAM
+    _URL_PARAM = _url_param(SECRET_PARAMS | {name.lower() for name in redact})
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

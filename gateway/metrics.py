@@ -131,8 +131,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.admin_connections = Gauge(
+            "gateway_admin_connections",
+            "Client connections open on the admin port.",
+            registry=r,
+        )
+        self.admin_connections_closed = Counter(
+            "gateway_admin_connections_closed_total",
+            "Admin-port connections the gateway closed itself, by reason (as gateway_proxy_connections_closed_total).",
+            ["reason"],
+            registry=r,
+        )
         for reason in ("max_connections", "evicted", "header_timeout"):
             self.connections_closed.labels(reason)
+            self.admin_connections_closed.labels(reason)
         r.register(_Tasks())
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, … (Linux /proc)
 

@@ -43,7 +43,7 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import answers, outcomes
+from . import answers, framing, outcomes
 from . import cache as cachemod
 from .cache import FlightResult, Shared
 from .cachestore import Entry
@@ -182,8 +182,8 @@ class RequestBody:
             if not chunk:
                 break
             buf += chunk
-        if length is None and len(buf) > limit:
-            raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+            if length is None and len(buf) + framing.overhead(request) > limit:  # chunk framing counts
+                raise BodyTooLarge(f"the request body is over the limit of {limit} bytes")
         if length is None and len(buf) > replay_limit:
             return cls(request, None, bytes(buf), limit, idle)  # chunked and large: stream the rest
         return cls(request, bytes(buf), b"", limit, idle)
@@ -195,8 +195,8 @@ class RequestBody:
                 return await request.content.read(min(n, 1 << 16))
         except TimeoutError:
             raise RequestTimeout(f"the client sent no body data for {idle:g}s") from None
-        except (HttpProcessingError, aiohttp.web.RequestPayloadError):
-            raise MalformedBody("the request body's framing is malformed (chunk size or length)") from None
+        except (HttpProcessingError, aiohttp.web.RequestPayloadError) as exc:
+            raise MalformedBody(framing.message(exc)) from None
         except ConnectionError:
             raise ClientGone("the client closed the connection before the end of its body") from None
 
@@ -229,8 +229,8 @@ class RequestBody:
             except TimeoutError:
                 self.stalled = True
                 raise
-            except (HttpProcessingError, aiohttp.web.RequestPayloadError):
-                self.broken = MalformedBody("the request body's framing is malformed (chunk size or length)")
+            except (HttpProcessingError, aiohttp.web.RequestPayloadError) as exc:
+                self.broken = MalformedBody(framing.message(exc))
                 raise self.broken from None
             except ConnectionError:
                 self.broken = ClientGone("the client closed the connection before the end of its body")
@@ -238,7 +238,7 @@ class RequestBody:
             if not chunk:
                 return
             sent += len(chunk)
-            if sent > self._limit:
+            if sent + framing.overhead(self._request) > self._limit:  # chunk framing counts
                 self.too_large = True  # the upstream gets a truncated body, never a complete one
                 raise BodyTooLarge(f"the request body is over the limit of {self._limit} bytes")
             yield chunk
@@ -284,7 +284,7 @@ class Proxy:
         incoming_id = request.headers.get("x-request-id")
         rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
         path, _, query = request.raw_path.partition("?")
-        shown = f"{path}?{redact_query(query)}" if query else path
+        shown = f"{path}?{redact_query(query, self.state.runtime.config.log.secret_params)}" if query else path
         ex = Exchange(rid, time.monotonic(), request.method, shown)
         response: web.StreamResponse
         try:

@@ -8,10 +8,12 @@ to stop sending), closes the listener, answers any request that still arrives on
 connection with 503 ``draining``, waits up to ``drain.timeout`` for in-flight requests, and
 exits 0. A second signal skips the remaining delay.
 
-The proxy port's connections are hardened here (``_ProxyProtocol``, ``_ProxyServer``, the
-``server:`` block): a deadline for the request head, no pipelining, 414/431 for oversized
-heads, and a connection limit derived from RLIMIT_NOFILE that closes idle connections to make
-room before it refuses new ones with 503 ``overloaded``.
+Both ports' connections are hardened here (``_ProxyProtocol``, ``_ProxyServer``; the ``server:``
+block for the proxy port, ``server.admin`` for the admin port): a deadline for the request head,
+no pipelining, 414/431 for oversized heads, chunk-size lines bounded and followed
+(``gateway.framing``), the framing rules of ``hygiene.screen_framing``, and a connection limit
+(for the proxy port derived from RLIMIT_NOFILE) that closes idle connections to make room before
+it refuses new ones with 503 ``overloaded``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ from .answers import error_response, raw_answer
 from .breakersync import BreakerSync
 from .cache import ResponseCache
 from .cachestore import FallbackStore, MemoryStore, RedisStore, Store
-from .config import Config, Server, load_config
+from .config import Config, Listener, Server, load_config
 from .errors import (
     BadRequest,
     BodyTooLarge,
@@ -47,7 +50,9 @@ from .errors import (
     Overloaded,
     RequestTimeout,
 )
+from .framing import ChunkLineTooLong, WireFraming
 from .history import History
+from .hygiene import screen_framing
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -55,6 +60,8 @@ from .redislink import RedisLink
 from .runtime import Runtime
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge
+
     from .breaker import CircuitBreaker
 
 __all__ = ["Gateway", "State", "descriptor_budget"]
@@ -77,6 +84,9 @@ class State:
 FD_RESERVE = 64
 # A connection that has sent nothing yet may be closed to make room at the limit after this long.
 FRESH_GRACE = 1.0
+# How long, and how much, a connection closed for a framing error keeps reading and dropping.
+LINGER = 2.0
+LINGER_BYTES = 256 * 1024
 
 
 class _Refused(BadHttpMessage):
@@ -91,12 +101,20 @@ class _ProxyProtocol(RequestHandler):
       too long headers get 431, a too long request line 414, anything else 400, all ``bad_request``.
     - The request head (request line and headers) must arrive within ``server.header_timeout``
       of its first byte (of the connection's start, for the first request): else 408, closed.
-    - Only HTTP/1.0 and 1.1; HTTP/1.0 with Transfer-Encoding is refused (RFC 9112 §6.1).
+    - Only HTTP/1.0 and 1.1; HTTP/1.0 with Transfer-Encoding is refused (RFC 9112 §6.1), and so are
+      the requests ``hygiene.screen_framing`` refuses (a transfer coding other than chunked, a
+      look-alike framing header); it may also drop headers (``server.headers_with_underscores``).
     - No pipelining: a request whose bytes arrive before the previous one on the connection was
       answered is refused with 400 and the connection closed after that answer. No HTTP client
       the backend uses pipelines; refusing it means bytes past a body's declared length can never
       become a request the upstream receives ("request smuggling").
+    - A request asking for a protocol switch (``Upgrade`` with ``Connection: upgrade``, CONNECT) is
+      answered as plain HTTP and the connection closed after it, unread: aiohttp would drop the
+      bytes that followed it in the same read (h2c) or parse them later, outside ``data_received``
+      (websocket), where neither the pipelining check nor ``framing`` sees them.
     - A framing error in a body being read (a bad chunk size) fails that body's read at once.
+      ``framing`` follows the connection's bytes: a chunk-size line over ``max_chunk_line`` fails
+      the body being read with ChunkLineTooLong (400), and nothing more is read from the connection.
     - Connections are counted against ``server.max_connections`` (see ``_ProxyServer.admit``).
     """
 
@@ -108,6 +126,12 @@ class _ProxyProtocol(RequestHandler):
         self._last_payload: StreamReader | None = None  # the body of the last request parsed
         self._unanswered = 0  # requests parsed whose answer is not yet finished
         self.admitted = False
+        self._switch_asked = False  # a request asked for a protocol switch: nothing after it is read
+        self._linger_until: asyncio.Future[None] | None = None  # set while lingering (see _linger)
+        self._lingered = 0  # bytes dropped while lingering
+        settings = manager.settings()
+        head = settings.max_request_line + settings.max_headers * (2 * settings.max_header_size + 4)
+        self.framing = WireFraming(settings.max_chunk_line, head)  # read by gateway.framing.overhead
 
     # ------------------------------------------------------------------ connection
 
@@ -126,6 +150,8 @@ class _ProxyProtocol(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.admitted:
             return
+        if self._linger_until is not None and not self._linger_until.done():
+            self._linger_until.set_result(None)
         self._disarm_head_timer()
         self._gate.release(self)
         super().connection_lost(exc)
@@ -138,8 +164,24 @@ class _ProxyProtocol(RequestHandler):
     # ------------------------------------------------------------------ reading requests
 
     def data_received(self, data: bytes) -> None:
-        if not self.admitted or self._force_close or self._close:
+        if self._linger_until is not None:  # dropped; a client that keeps sending is cut off
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES and not self._linger_until.done():
+                self._linger_until.set_result(None)
             return
+        if not self.admitted or self._force_close or self._close or not self.framing.following:
+            return
+        if self._switch_asked and (self._last_payload is None or self._last_payload.is_eof()):
+            return  # what follows a request that asked for a protocol switch is never read
+        heads = self.framing.heads
+        failure = None
+        try:
+            self.framing.feed(data)  # first: bytes breaking a bound in a body underway never reach the parser
+        except ChunkLineTooLong as exc:
+            failure = exc
+            if self.framing.heads == heads:
+                self._framing_refused(failure)
+                return
         expecting_head = self._last_payload is None or self._last_payload.is_eof()
         before = len(self._messages)
         super().data_received(data)
@@ -153,6 +195,28 @@ class _ProxyProtocol(RequestHandler):
             self._head_bytes = True
             self._gate.busy(self)
             self._arm_head_timer()
+        if failure is not None:  # in a body whose head came in this same read: its request, just parsed
+            self._framing_refused(failure)
+
+    def _framing_refused(self, exc: ChunkLineTooLong) -> None:
+        """The body being received breaks a framing bound; nothing more is read from this connection.
+
+        Its request, when still queued (just parsed, or waiting for the handler), is refused whole:
+        400, closed. When its handler already reads the body, that read fails (the handler answers
+        400 and closes); the parser never saw the rest of the body, so it cannot have ended."""
+        payload = self._last_payload
+        if payload is None:  # the parser refused the request already: that answer closes the connection
+            return
+        for index, (_, queued) in enumerate(self._messages):
+            if queued is payload:
+                refused = _Refused(exc.message)
+                self._messages[index] = (_ErrInfo(status=400, exc=refused, message=exc.message), EMPTY_PAYLOAD)
+                return
+        if not payload.is_eof():
+            payload.set_exception(exc)
+            self._lingering_time = 0.0
+        else:  # a pipelined request's body, its request already refused: the connection ends now
+            self.force_close()
 
     def _screen(self, index: int) -> None:
         """Refuse a request just parsed when it is pipelined or of another HTTP version."""
@@ -173,6 +237,21 @@ class _ProxyProtocol(RequestHandler):
             refusal = "only HTTP/1.0 and HTTP/1.1 are accepted"
         elif message.version == HttpVersion10 and "transfer-encoding" in message.headers:
             refusal = "Transfer-Encoding in an HTTP/1.0 request"
+        else:
+            settings = self._gate.settings()
+            underscores = settings.headers_with_underscores if isinstance(settings, Server) else "allow"
+            try:
+                kept = screen_framing(message.headers, underscores)
+            except BadRequest as exc:
+                refusal = exc.message
+            else:
+                if kept is not None:  # dropped headers: the request reads as if they were never sent
+                    raw = tuple((k, v) for k, v in message.raw_headers if k.decode("utf-8", "surrogateescape") in kept)
+                    message = message._replace(headers=kept, raw_headers=raw)
+                if message.upgrade:  # never switched: answered as plain HTTP, then the connection closes
+                    message = message._replace(should_close=True)
+                    self._switch_asked = True
+                self._messages[index] = (message, payload)
         self._last_payload = payload
         self._unanswered += 1
         if refusal is not None:
@@ -192,7 +271,7 @@ class _ProxyProtocol(RequestHandler):
         transport = self.transport
         if transport is None or self._force_close:
             return
-        self._gate.metrics.connections_closed.labels("header_timeout").inc()
+        self._gate.closed.labels("header_timeout").inc()
         if self._head_bytes and not self._request_in_progress and not self._messages:
             timeout = self._gate.settings().header_timeout
             transport.write(raw_answer(RequestTimeout(f"the request head did not arrive within {timeout:g}s")))
@@ -203,11 +282,29 @@ class _ProxyProtocol(RequestHandler):
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         try:
-            return await super().finish_response(request, resp, start_time)
+            result = await super().finish_response(request, resp, start_time)
         finally:
             self._unanswered = max(0, self._unanswered - 1)
             if not self._unanswered and not self._messages and not self._force_close and not self._close:
                 self._gate.idle(self)
+        if not self.framing.following and not resp.keep_alive:
+            await self._linger()
+        return result
+
+    async def _linger(self) -> None:
+        """After the answer that ends a connection whose input was cut off mid-request (a framing
+        error), half-close and read and drop what the client still sends, until it closes, for
+        ``LINGER`` seconds or ``LINGER_BYTES`` at most: closing with unread bytes sends a reset,
+        which can destroy the answer before the client reads it (nginx's ``lingering_close``)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            return
+        self._linger_until = self._loop.create_future()
+        with contextlib.suppress(OSError, RuntimeError):
+            transport.write_eof()
+            transport.resume_reading()  # it may be paused for a full body buffer
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._linger_until), LINGER)
 
     # ------------------------------------------------------------------ answers
 
@@ -254,17 +351,21 @@ def _limit_of(exc: LineTooLong) -> int | None:
 class _ProxyServer(web.Server):
     """The low-level server, making connections with ``_ProxyProtocol`` and counting them.
 
-    ``settings`` returns the current ``server:`` block (a reload applies to new connections).
+    ``settings`` returns the current ``server:`` block, or ``server.admin`` for the admin port (a
+    reload applies to new connections); ``gauge`` and ``closed`` are the port's connection metrics.
     At ``max_connections`` (the configured value, lowered to what RLIMIT_NOFILE allows), a new
     connection makes room by closing the longest-idle keep-alive connection, or else one that
     has sent nothing for ``FRESH_GRACE``; when none is idle it gets 503 ``overloaded`` and is
     closed at once, before reading anything (its descriptor is the scarce thing).
     """
 
-    def __init__(self, handler: Any, settings: Callable[[], Server], metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Any, settings: Callable[[], Listener], gauge: Gauge, closed: Counter, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.settings = settings
-        self.metrics = metrics
+        self.gauge = gauge
+        self.closed = closed
         self.fd_cap = settings().max_connections
         self.open = 0
         self._counted: set[_ProxyProtocol] = set()
@@ -292,14 +393,14 @@ class _ProxyServer(web.Server):
         if self.open >= self.max_connections:
             victim = self._evictable()
             if victim is None:
-                self.metrics.connections_closed.labels("max_connections").inc()
+                self.closed.labels("max_connections").inc()
                 return False
-            self.metrics.connections_closed.labels("evicted").inc()
+            self.closed.labels("evicted").inc()
             victim.evict()
         self.open += 1
         self._counted.add(conn)
         self._fresh[conn] = self._loop.time()
-        self.metrics.connections.set(self.open)
+        self.gauge.set(self.open)
         return True
 
     def _evictable(self) -> _ProxyProtocol | None:
@@ -326,16 +427,18 @@ class _ProxyServer(web.Server):
             self._counted.discard(conn)
             self.busy(conn)
             self.open -= 1
-            self.metrics.connections.set(self.open)
+            self.gauge.set(self.open)
 
 
-def descriptor_budget(wanted: int) -> tuple[int, int]:
+def descriptor_budget(wanted: int, admin: int = 0) -> tuple[int, int]:
     """Client connections the process's file descriptors allow, and RLIMIT_NOFILE's soft limit.
 
     Raises the soft limit toward what ``wanted`` connections need (two descriptors each, the
-    client's and an upstream's, plus ``FD_RESERVE``), never past the hard limit, as Go and nginx
-    (``worker_rlimit_nofile``) do; then returns what the limit allows, at most ``wanted``."""
-    need = 2 * wanted + FD_RESERVE
+    client's and an upstream's, plus ``FD_RESERVE`` and the ``admin`` port's connection cap), never
+    past the hard limit, as Go and nginx (``worker_rlimit_nofile``) do; then returns what the limit
+    allows, at most ``wanted``."""
+    reserve = FD_RESERVE + admin
+    need = 2 * wanted + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(need, hard)
@@ -345,14 +448,15 @@ def descriptor_budget(wanted: int) -> tuple[int, int]:
                 soft = target
     if soft == resource.RLIM_INFINITY:
         return wanted, soft
-    return max(1, min(wanted, (soft - FD_RESERVE) // 2)), soft
+    return max(1, min(wanted, (soft - reserve) // 2)), soft
 
 
 @dataclass(slots=True)
 class _Listeners:
     proxy_runner: web.ServerRunner | None = None
     proxy_site: web.TCPSite | None = None
-    admin_runner: web.AppRunner | None = None
+    admin_runner: web.ServerRunner | None = None
+    admin_app_runner: web.AppRunner | None = None  # the app's startup and cleanup; never listens itself
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -383,9 +487,13 @@ class Gateway:
         config = self.state.runtime.config
         proxy = Proxy(self.state)
         server = _ProxyServer(
-            self._counted(proxy.handle), lambda: self.state.runtime.config.server, self.metrics, access_log=None
+            self._counted(proxy.handle),
+            lambda: self.state.runtime.config.server,
+            self.metrics.connections,
+            self.metrics.connections_closed,
+            access_log=None,
         )
-        server.fd_cap, nofile = descriptor_budget(config.server.max_connections)
+        server.fd_cap, nofile = descriptor_budget(config.server.max_connections, config.server.admin.max_connections)
         self._proxy_server = server
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
@@ -393,10 +501,7 @@ class Gateway:
         site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True, backlog=1024)
         await site.start()
         self._listeners.proxy_site = site
-        admin = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
-        await admin.setup()
-        self._listeners.admin_runner = admin
-        await web.TCPSite(admin, config.admin.listen.host, config.admin.listen.port, reuse_address=True).start()
+        await self._start_admin(config)
         self.started = True
         event(
             "gateway started",
@@ -421,6 +526,29 @@ class Gateway:
         self._listeners.tasks.append(asyncio.create_task(self._prune_cache()))
         if self.sync is not None:
             self._listeners.tasks.append(asyncio.create_task(self.sync.run()))
+
+    async def _start_admin(self, config: Config) -> None:
+        """The admin app behind the same hardened connection handling as the proxy port, with the
+        ``server.admin`` limits: its AppRunner runs the app's startup and builds a plain server,
+        whose handler and request factory (public attributes) the hardened server takes over."""
+        app_runner = web.AppRunner(build_admin_app(self), access_log=None, handle_signals=False)
+        await app_runner.setup()
+        self._listeners.admin_app_runner = app_runner
+        plain = app_runner.server
+        assert plain is not None
+        server = _ProxyServer(
+            plain.request_handler,
+            lambda: self.state.runtime.config.server.admin,
+            self.metrics.admin_connections,
+            self.metrics.admin_connections_closed,
+            request_factory=plain.request_factory,
+            access_log=None,
+        )
+        server.fd_cap = sys.maxsize  # its connections are set aside by descriptor_budget: only its own cap applies
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        self._listeners.admin_runner = runner
+        await web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port, reuse_address=True).start()
 
     def _counted(self, handler: Any) -> Any:
         state = self.state
@@ -504,6 +632,8 @@ class Gateway:
             await self._listeners.proxy_runner.cleanup()
         if self._listeners.admin_runner is not None:
             await self._listeners.admin_runner.cleanup()
+        if self._listeners.admin_app_runner is not None:
+            await self._listeners.admin_app_runner.cleanup()
         await self.state.cache.close()
         await self.state.runtime.close()
 
@@ -592,13 +722,14 @@ class Gateway:
             return False, {"error": str(exc)}
         old = self.state.runtime
         new = Runtime(config, old, hook=self._breaker_moved, link=self.link)
-        if self._proxy_server is not None and config.server.max_connections != old.config.server.max_connections:
-            self._proxy_server.fd_cap, _ = descriptor_budget(config.server.max_connections)
+        if self._proxy_server is not None and config.server != old.config.server:
+            budget = descriptor_budget(config.server.max_connections, config.server.admin.max_connections)
+            self._proxy_server.fd_cap = budget[0]
         changes = _changes(old.config, config)
         self.state.runtime = new
         await self._drop_cached(old, new)
         self._mtime = _mtime(self.path)
-        configure(config.log.level, config.log.format, config.log.access_log)
+        configure(config.log.level, config.log.format, config.log.access_log, config.log.redact_query)
         self.metrics.reloads.labels("ok").inc()
         event("config reloaded", source=source, **changes)
         if new.retired:

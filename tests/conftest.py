@@ -3,6 +3,8 @@
 - ``Upstream``: an aiohttp server whose handler is a script; it records every request it
   receives (method, raw target, headers, body) so tests can count and compare byte for byte.
 - ``RawUpstream``: a bare asyncio TCP server answering fixed bytes, for malformed answers.
+- ``WireUpstream``: a keep-alive server that records every byte per connection and reads them
+  with h11, strictly: what reached an upstream, request by request, and any byte that did not fit.
 - ``gateway`` fixture: the real ``Gateway`` in this process, on ephemeral ports.
 - ``GatewayProcess``: the real program as a subprocess (signals, RSS, drain).
 """
@@ -30,10 +32,35 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 from multidict import CIMultiDict
 
 from gateway.config import parse_config
 from gateway.server import Gateway
+
+# The nightly fuzz run (`python -m pytest -m fuzz --hypothesis-profile nightly`, see tests/test_fuzz.py):
+# 10,000 random examples per property (FUZZ_NIGHTLY_EXAMPLES to try the mode with fewer). CI runs the
+# default profile, with each property's own derandomized count.
+settings.register_profile(
+    "nightly",
+    max_examples=int(os.environ.get("FUZZ_NIGHTLY_EXAMPLES", "10000")),
+    derandomize=False,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The nightly profile uses two cores: with pytest-xdist installed and no ``-n`` given, the
+    properties run in two worker processes, handed out one at a time (the longest take ~12 min)."""
+    nightly = config.getoption("hypothesis_profile", None) == "nightly"
+    xdist = config.pluginmanager.hasplugin("xdist") and not os.environ.get("PYTEST_XDIST_WORKER")
+    if nightly and xdist and getattr(config.option, "numprocesses", None) is None:
+        config.option.numprocesses = 2
+        config.option.maxschedchunk = 1
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +152,99 @@ class RawUpstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@dataclass
+class WireRequest:
+    """One request as h11 read it off the wire."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+@dataclass
+class WireConnection:
+    """One connection to a ``WireUpstream``: every byte received, the requests h11 read from them,
+    and what it could not read (its error), if anything."""
+
+    raw: bytearray = field(default_factory=bytearray)
+    requests: list[WireRequest] = field(default_factory=list)
+    error: str | None = None
+    leftover: bytes = b""  # bytes received that never became part of a complete request
+
+
+class WireUpstream:
+    """A keep-alive HTTP/1.1 server that records every byte it receives, per connection, and reads
+    them with h11 (strict, RFC 9112): each complete request is answered 200 with a JSON echo of
+    its method, target and body length; bytes h11 cannot read end the connection, recorded."""
+
+    def __init__(self) -> None:
+        self.connections: list[WireConnection] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        record = WireConnection()
+        self.connections.append(record)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+        current: WireRequest | None = None
+        try:
+            while True:
+                data = await reader.read(65536)
+                record.raw += data
+                conn.receive_data(data)
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                        break
+                    if isinstance(event, h11.Request):
+                        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+                        current = WireRequest(event.method.decode(), event.target.decode("latin-1"), headers)
+                    elif isinstance(event, h11.Data) and current is not None:
+                        current.body += bytes(event.data)
+                    elif isinstance(event, h11.EndOfMessage) and current is not None:
+                        record.requests.append(current)
+                        echo = json.dumps(
+                            {"method": current.method, "target": current.target, "body": len(current.body)}
+                        ).encode()
+                        head = h11.Response(
+                            status_code=200,
+                            headers=[("content-type", "application/json"), ("content-length", str(len(echo)))],
+                        )
+                        writer.write(conn.send(head) + conn.send(h11.Data(data=echo)) + conn.send(h11.EndOfMessage()))
+                        await writer.drain()
+                        current = None
+                        conn.start_next_cycle()
+                if not data or conn.their_state is h11.CLOSED:
+                    break
+        except h11.RemoteProtocolError as exc:
+            record.error = str(exc)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            record.leftover = conn.trailing_data[0]
+            writer.close()
+
+    async def start(self) -> WireUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> list[WireRequest]:
+        return [r for c in self.connections for r in c.requests]
 
     async def close(self) -> None:
         if self._server is not None:

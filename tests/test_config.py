@@ -185,6 +185,53 @@ BROKEN = [
         subprocess=False,
     ),
     Broken(
+        "credentials_in_an_upstream_url",
+        "upstreams:\n  a:\n    url: http://svc:p4ss-w0rd@127.0.0.1:9\n",
+        "upstreams.a.url: credentials in the URL are not accepted (aiohttp would send them as Basic auth and "
+        "refuse any request that carries its own Authorization): remove them and send the header with "
+        "set_headers, e.g. set_headers: {authorization: 'Basic ${UPSTREAM_BASIC_AUTH}'}",
+        subprocess=False,  # the program runs in a temporary directory: the installed gateway, not this tree
+    ),
+    Broken(
+        "bare_token_in_an_upstream_url",
+        "upstreams:\n  a:\n    url: https://t0k3n-v4lue@api.example/v1\n",
+        "upstreams.a.url: credentials in the URL are not accepted (aiohttp would send them as Basic auth and "
+        "refuse any request that carries its own Authorization): remove them and send the header with "
+        "set_headers, e.g. set_headers: {authorization: 'Basic ${UPSTREAM_BASIC_AUTH}'}",
+        subprocess=False,
+    ),
+    Broken(
+        "redact_query_not_a_list",
+        "log: {redact_query: session}\n",
+        "log.redact_query: expected a list of query parameter names, got 'session'",
+        subprocess=False,
+    ),
+    Broken(
+        "redact_query_bad_name",
+        "log: {redact_query: [session, 'a=b']}\n",
+        "log.redact_query: expected query parameter names (printable, no '&', '=', '#' or space), got 'a=b'",
+        subprocess=False,
+    ),
+    Broken(
+        "headers_with_underscores_unknown",
+        "server: {headers_with_underscores: yes}\n",
+        "server.headers_with_underscores: input should be 'allow', 'drop' or 'reject', got 'yes'",
+        subprocess=False,
+    ),
+    Broken(
+        "max_chunk_line_too_small",
+        "server: {max_chunk_line: 10}\n",
+        "server.max_chunk_line: input should be greater than or equal to 64, got 10",
+        subprocess=False,
+    ),
+    Broken(
+        "admin_server_unknown_key",
+        "server: {admin: {max_conections: 10}}\n",
+        "server.admin.max_conections: unknown key (expected one of: header_timeout, keepalive_timeout, "
+        "max_connections, max_request_line, max_header_size, max_headers, max_chunk_line)",
+        subprocess=False,
+    ),
+    Broken(
         "on_is_not_a_boolean",
         "defaults:\n  retry: {on: [timeout], off: [503]}\n",
         "defaults.retry.off: unknown key (expected one of: attempts, backoff, on, methods, retry_after, "
@@ -444,6 +491,19 @@ def test_redacted_shows_secrets_as_stars():
     # the values themselves are intact for the request path
     assert config.admin.token == CANARY_TOKEN
     assert resolve(config)[0].set_headers == {"x-goog-api-key": CANARY_HEADER}
+
+
+def test_redact_query_defaults_and_the_contract_five_always():
+    default = parse_config("", "g.yaml", env={}).log
+    assert default.redact_query[:5] == ("key", "token", "access_token", "apikey", "signature")
+    assert {"appsecret_proof", "hash", "oh", "oe", "token_hash", "refresh_token", "api_key"} <= default.secret_params
+    own = parse_config("log: {redact_query: [Session, hash, session]}", "g.yaml", env={}).log
+    assert own.redact_query == ("session", "hash")  # lower-case, once each, as written
+    assert own.secret_params == {"session", "hash", "key", "token", "access_token", "apikey", "signature"}
+    assert "appsecret_proof" not in own.secret_params  # a written list replaces the defaults past the five
+    assert parse_config("log: {redact_query: []}", "g.yaml", env={}).log.secret_params == {
+        "key", "token", "access_token", "apikey", "signature"
+    }  # fmt: skip
 
 
 def test_repr_never_shows_secrets():

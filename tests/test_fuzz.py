@@ -18,8 +18,16 @@ a closed connection; a request ``gateway.hygiene.check_request`` refuses never r
 upstream; what does reach it passes ``check_request``, with the path byte for byte and no
 hop-by-hop header; and a normal request still works after each example.
 
-Derandomized with a fixed number of examples for CI; ``FUZZ_EXAMPLES=3000`` runs that many per
-property, randomly (see the README).
+Three sizes (see the README):
+
+- CI (the default profile): a fixed number of examples per property, derandomized.
+- Nightly: ``python -m pytest -m fuzz --hypothesis-profile nightly`` runs every property marked
+  ``fuzz`` with the ``nightly`` profile of ``tests/conftest.py``: 10,000 random examples each, no
+  time limit. The two properties that start the real program for each example are not marked
+  ``fuzz``: they keep their CI count (the documents they check go through ``gateway check``
+  in-process 10,000 times in the nightly).
+- A hunt: ``FUZZ_EXAMPLES=3000`` runs that many per property (30 and 10 for the real-program two),
+  randomly; ``FUZZ_SHRINK=0`` reports a failure as found, without minutes of shrinking.
 """
 
 from __future__ import annotations
@@ -49,25 +57,30 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway import cli
 from gateway.config import Config, ConfigError, load_config, parse_config, redacted, resolve
 from gateway.errors import BadRequest
-from gateway.hygiene import HOP_BY_HOP, check_request
+from gateway.hygiene import HOP_BY_HOP, check_request, lookalike, screen_framing
 from gateway.server import Gateway
 
 from .conftest import ROOT, Seen, Upstream, gateway_yaml
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
-if FUZZ_EXAMPLES:
-    pytestmark = pytest.mark.timeout(0)  # a long hunt takes minutes per property
+NIGHTLY = settings.get_current_profile_name() == "nightly"  # --hypothesis-profile nightly
+if FUZZ_EXAMPLES or NIGHTLY:
+    pytestmark = pytest.mark.timeout(0)  # a long run takes minutes per property
 
 
-def fuzz(examples: int, most: int | None = None) -> settings:
-    """CI: ``examples``, derandomized. ``FUZZ_EXAMPLES=N``: N examples (at most ``most``), random,
-    for bug hunts (``FUZZ_SHRINK=0`` reports a failure as found, without the minutes shrinking can take)."""
+def fuzz(examples: int, most: int | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Settings for a property, and its ``fuzz`` mark. CI: ``examples``, derandomized. The nightly
+    profile: its own count (10,000), random. ``FUZZ_EXAMPLES=N``: N examples, random, for bug hunts.
+    ``most`` marks a property that starts the real program per example: at most that many in a
+    hunt, its CI count in the nightly, and no ``fuzz`` mark (``-m fuzz`` leaves it out)."""
     extra: dict[str, Any] = {}
     if os.environ.get("FUZZ_SHRINK") == "0":
         extra["phases"] = [Phase.explicit, Phase.generate]
-    return settings(
-        max_examples=min(FUZZ_EXAMPLES, most or FUZZ_EXAMPLES) or examples,
-        derandomize=not FUZZ_EXAMPLES,
+    if FUZZ_EXAMPLES:
+        extra.update(max_examples=min(FUZZ_EXAMPLES, most or FUZZ_EXAMPLES), derandomize=False)
+    elif not NIGHTLY or most is not None:
+        extra.update(max_examples=examples, derandomize=True)
+    chosen = settings(
         database=None,
         deadline=None,
         print_blob=True,
@@ -79,6 +92,12 @@ def fuzz(examples: int, most: int | None = None) -> settings:
         ],
         **extra,
     )
+
+    def apply(test: Callable[..., None]) -> Callable[..., None]:
+        test = chosen(test)
+        return test if most is not None else pytest.mark.fuzz(test)
+
+    return apply
 
 
 # =========================================================================== configs
@@ -1018,6 +1037,7 @@ class Wire:
             headers.add(text(name), text(value).strip(" \t"))
         try:
             check_request(text(self.method), text(self.target), CIMultiDictProxy(headers))
+            screen_framing(CIMultiDictProxy(headers), "allow")  # look-alikes, codings but chunked
         except BadRequest:
             return True
         return False
@@ -1038,7 +1058,8 @@ VERSIONS = [b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.
                                 b"HTTP/11", b"HTTP/1.1 ", b"HTTP/1.1\x00", b"HTTP/1.1\r"]  # fmt: skip
 HEADER_NAMES_WIRE = [b"X-A", b"x-request-id", b"Connection", b"Keep-Alive", b"TE", b"Trailer", b"Upgrade",
                      b"Proxy-Authorization", b"Proxy-Connection", b"Expect", b"Accept-Encoding", b"Cache-Control",
-                     b"x-gateway-timeout-ms", b"Authorization", b"Forwarded", b"X-Forwarded-For", b"Host"]  # fmt: skip
+                     b"x-gateway-timeout-ms", b"Authorization", b"Forwarded", b"X-Forwarded-For", b"Host",
+                     b"Transfer_Encoding", b"Content_Length", b"content_length", b"X_Under"]  # fmt: skip
 ODD_NAMES = [b"X Y", b"X:Y", b"(x)", b"", b"X\x00", b"\xc3\xa9", b"X\t", b" X", b"X\x7f", b"X\r"]
 VALUE_WORDS = [b"close", b"keep-alive", b"X-A, Keep-Alive", b"upgrade", b"te, trailers", b"x-request-id", b"host",
                b"100-continue", b"gzip", b"h2c", b"0", b"1500", b"-5", b"abc", b"Bearer t0k"]  # fmt: skip
@@ -1203,14 +1224,20 @@ def parse_answer(buf: bytes, head_request: bool, closed: bool) -> tuple[int, CIM
     return (status, headers) if closed else None  # body until the connection closes
 
 
-async def exchange(port: int, data: bytes, head_request: bool, timeout: float = 1.5) -> Answer:
-    """Send raw bytes, read one answer; check it is a well-formed HTTP response (or none at all)."""
+async def exchange(
+    port: int, data: bytes | list[bytes], head_request: bool, timeout: float = 1.5
+) -> Answer:
+    """Send raw bytes (or pieces of them, 1 ms apart), read one answer; check it is a well-formed
+    HTTP response (or none at all)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     buf, closed = b"", False
     try:
         with contextlib.suppress(ConnectionError):
-            writer.write(data)
-            await writer.drain()
+            for i, piece in enumerate([data] if isinstance(data, bytes) else data):
+                if i:
+                    await asyncio.sleep(0.001)
+                writer.write(piece)
+                await writer.drain()
         async with asyncio.timeout(timeout):
             while True:
                 parsed = parse_answer(buf, head_request, closed) if buf or closed else None
@@ -1326,6 +1353,7 @@ def _assert_forwarded_cleanly(wire: Wire, seen: Seen) -> None:
     }
     for name in seen.headers:
         lower = name.lower()
+        assert lookalike(name) is None, (name, seen.headers)  # never forwarded (server.headers_with_underscores)
         assert lower not in HOP_BY_HOP - {"transfer-encoding", "connection"}, (name, seen.headers)
         assert not lower.startswith("proxy-"), (name, seen.headers)
         assert lower not in named - EXEMPT, (name, named, seen.headers)
@@ -1365,3 +1393,48 @@ def test_raw_request_lines(fuzzed, wire):
 @given(wire=wires("head"))
 def test_raw_headers_and_framing(fuzzed, wire):
     _fuzz_one(fuzzed, wire)
+
+
+MAX_CHUNK_LINE = 4096  # server.max_chunk_line's default, which the fuzzed gateway runs with
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> tuple[list[bytes], bytes, bool]:
+    """(the request in pieces as written, the data its chunks carry, whether a chunk line is too
+    long): sizes with leading zeros and either case of hex, extensions short and long, trailers."""
+    data, wire, too_long = b"", b"", False
+    lengths = st.integers(0, 10) | st.sampled_from([MAX_CHUNK_LINE - 8, MAX_CHUNK_LINE - 2, MAX_CHUNK_LINE + 1])
+    for last in [False] * draw(st.integers(0, 4)) + [True]:
+        chunk = b"" if last else draw(st.binary(min_size=1, max_size=40))
+        size = f"{len(chunk):x}"
+        size = draw(st.sampled_from([size, size.upper()])).encode()
+        line = b"0" * draw(lengths) + size
+        if draw(st.booleans()):  # a token name, a token value, or a quoted value, grown to the drawn length
+            pad = b"e" * (1 + draw(lengths))
+            line += draw(st.sampled_from([b";" + pad, b";a=" + pad, b';q="x;y ' + pad + b'"']))
+        too_long |= len(line) > MAX_CHUNK_LINE
+        wire += line + b"\r\n" + (chunk + b"\r\n" if chunk else b"")
+        data += chunk
+    wire += draw(st.sampled_from([b"", b"", b"X-Trailer: 1\r\n"])) + b"\r\n"
+    request = b"POST /api/chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + wire
+    cuts = sorted(draw(st.lists(st.integers(1, len(request) - 1), max_size=3, unique=True)))
+    pieces = [request[a:b] for a, b in zip([0, *cuts], [*cuts, len(request)], strict=True)]
+    return pieces, data, too_long
+
+
+@fuzz(200)
+@given(body=chunked_bodies())
+def test_raw_chunked_bodies(fuzzed, body):
+    """Chunk framing as the gateway follows it (gateway.framing) and as llhttp parses it agree: the
+    upstream gets exactly the chunks' data, or, for a chunk-size line over the limit, nothing (400)."""
+    pieces, data, too_long = body
+    before = fuzzed.upstream.count
+    answer = fuzzed.loop.run_until_complete(exchange(fuzzed.port, pieces, False))
+    fuzzed.loop.run_until_complete(asyncio.sleep(0))
+    reached = fuzzed.upstream.seen[before:]
+    if too_long:
+        assert (answer.status, reached) == (400, []), (pieces, answer)
+    else:
+        assert answer.status == 200, (pieces, answer)
+        assert [(s.target, s.body) for s in reached] == [("/chunked", data)]
+    assert fuzzed.errors.records == [], [r.getMessage() for r in fuzzed.errors.records]

@@ -570,3 +570,69 @@ async def test_an_endless_body_that_stalls_is_cut_by_idle(gateway_factory: Gatew
         assert gw.gateway.state.inflight == 0
     finally:
         await up.close()
+
+
+# --------------------------------------------------------------------------- the admin port (server.admin)
+
+
+async def test_the_admin_port_has_its_own_head_timeout_and_header_limits(
+    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
+) -> None:
+    gw, _ = await _gateway(
+        upstream_factory,
+        gateway_factory,
+        extra="server: {header_timeout: 30s, admin: {header_timeout: 1s, max_headers: 10, max_request_line: 1KiB}}",
+    )
+    port = gw.gateway.admin_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.monotonic()
+    writer.write(b"GET /livez HTTP/1.1\r\nHost: a\r\n")  # and never the blank line
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert 0.7 < time.monotonic() - start < 3.5  # the admin's 1 s, not the proxy port's 30 s
+    assert _status(answer) == 408 and _error_code(answer) == "request_timeout"
+    eleven = b"".join(b"X-H%d: v\r\n" % i for i in range(11))
+    assert _status(await raw_request(port, b"GET /livez HTTP/1.1\r\nHost: a\r\n" + eleven + b"\r\n")) == 431
+    assert _status(await raw_request(port, b"GET /livez?" + b"p" * 1100 + b" HTTP/1.1\r\nHost: a\r\n\r\n")) == 414
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\nGET /livez HTTP/1.1\r\nHost: a\r\n\r\n")
+    first, second = await _read_answer(reader), await _read_answer(reader)
+    assert await _closed(reader)
+    writer.close()
+    assert (first[0], second[0]) == (200, 400) and b"pipelined" in second[2]
+    chunk_line = b"POST /admin/cache/purge HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"0" * 2000
+    assert _status(await raw_request(port, chunk_line + b"2\r\n{}\r\n0\r\n\r\n")) == 400  # over the admin's 1 KiB
+    ok = await raw_request(port, b"GET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(b"ok\n")
+    async with gw.session.get(gw.admin + "/metrics") as resp:
+        text = await resp.text()
+    assert 'gateway_admin_connections_closed_total{reason="header_timeout"} 1.0' in text
+    assert 'gateway_proxy_connections_closed_total{reason="header_timeout"} 0.0' in text
+
+
+async def test_the_admin_port_caps_its_connections_and_keeps_answering_probes(
+    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
+) -> None:
+    """A flood of silent connections to the admin port (aiohttp's default: no limit, no timeout)
+    cannot starve the probes: at the cap, the oldest silent one makes room."""
+    gw, _ = await _gateway(upstream_factory, gateway_factory, extra="server: {admin: {max_connections: 8}}")
+    port = gw.gateway.admin_port
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+    try:
+        await asyncio.sleep(1.2)  # FRESH_GRACE: a connection that sent nothing for 1 s may be closed for room
+        for _ in range(3):
+            answer = await raw_request(port, b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        closed = [await _closed(reader, timeout=0.5) for reader, _ in silent]
+        assert sum(closed) == 40 - 8 + 1, closed  # over the cap: refused at once, or evicted
+        async with gw.session.get(gw.admin + "/metrics") as resp:
+            text = await resp.text()
+        assert "gateway_admin_connections " in text and "gateway_proxy_connections 0.0" in text
+        refused = float(text.split('gateway_admin_connections_closed_total{reason="max_connections"} ')[1].split()[0])
+        evicted = float(text.split('gateway_admin_connections_closed_total{reason="evicted"} ')[1].split()[0])
+        assert (refused, evicted) == (40 - 8, 1)  # refused at once; then one probe made room, the others found it
+    finally:
+        for _, writer in silent:
+            writer.close()
+    await _still_serves(gw)  # the proxy port never noticed

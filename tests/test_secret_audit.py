@@ -2,17 +2,20 @@
 
 Secrets enter through ``set_headers`` (``${ENV}``), the client's ``Authorization``, ``apikey``,
 ``x-goog-api-key`` and ``Cookie`` headers, the query parameters ``key``, ``access_token``,
-``apikey``, ``token`` and ``signature``, a request body, the admin token and the Redis URL's
-password. A real gateway (a subprocess, debug logs, access log on) serves traffic on every route
-kind, successes and failures; then everything observable is searched: stdout/stderr, every
-answer's status line, headers and body, every admin GET endpoint (enumerated from the admin app),
-``gateway check`` (valid and invalid file), and the cache store (memory: the admin listing, and
-the store's own bytes in-process; Redis: every key and value). The upstreams legitimately receive
-the secrets (that is forwarding) and answer bodies without them.
+``apikey``, ``token`` and ``signature`` (the contract's), ``appsecret_proof``, ``client_secret``,
+``fb_exchange_token``, ``input_token``, ``hash``, ``oh``, ``oe``, ``token_hash``, ``refresh_token`` and
+``api_key`` (``log.redact_query``'s defaults) and one name the config adds, a request body, the
+admin token and the Redis URL's password. A real gateway (a subprocess, debug logs, access log
+on) serves traffic on every route kind, successes and failures; then everything observable is
+searched: stdout/stderr, every answer's status line, headers and body, every admin GET endpoint
+(enumerated from the admin app), ``gateway check`` (valid and invalid file), and the cache store
+(memory: the admin listing, and the store's own bytes in-process; Redis: every key and value). The
+upstreams legitimately receive the secrets (that is forwarding) and answer bodies without them.
 
-A second gateway takes secrets inside URLs (an upstream's userinfo, ``?password=`` in the Redis
-URL) and a broken file that spells secrets out (a numeric token, a store URL given as a string):
-/admin/config, the reload answer, the logs, ``gateway check`` and ``gateway run`` must hide them.
+A second gateway takes a secret inside a URL (``?password=`` in the Redis URL) and a broken file
+that spells secrets out (a numeric token, a store URL given as a string, credentials in upstream
+URLs, which are refused with a pointer to ``set_headers``): /admin/config, the reload answer, the
+logs, ``gateway check`` and ``gateway run`` must hide them.
 
 The search looks for each canary raw and case-insensitively, URL-quoted, as hex, and inside base64
 at any alignment; ``test_the_finder_finds_planted_canaries`` proves it would see a leak. Each audit
@@ -59,6 +62,18 @@ CANARIES: dict[str, str] = {
     "query_signature": "CANARY!Q-SIGNATURE!6c15b3d9",
     "query_key_upper_case": "CANARY!Q-KEY-UPPER!93b0d7e1",
     "query_token_encoded_name": "CANARY!Q-TOKEN-ENCNAME!1f6a8c34",
+    # log.redact_query's defaults past the contract's five (issue 19), and a name the config adds
+    "query_appsecret_proof": "CANARY!Q-APPSECRETPROOF!83c1e5a0",
+    "query_client_secret": "CANARY!Q-CLIENTSECRET!2f9d0b47",
+    "query_fb_exchange_token": "CANARY!Q-FBEXCHANGE!c7a2e913",
+    "query_input_token": "CANARY!Q-INPUTTOKEN!5e08d6b2",
+    "query_hash": "CANARY!Q-HASH!a1d4c8e7",
+    "query_oh": "CANARY!Q-OH!7b3f20c9",
+    "query_oe": "CANARY!Q-OE!d90e6a15",
+    "query_token_hash": "CANARY!Q-TOKENHASH!04b7f3d8",
+    "query_refresh_token": "CANARY!Q-REFRESH!e6c91a2f",
+    "query_api_key": "CANARY!Q-API-KEY!3a8d5f60",
+    "query_configured_name": "CANARY!Q-CONFIGURED!9f1b7c24",
     "request_body_password": "CANARY!BODY-PASSWORD!d4f8e2a6",
     "admin_token": "CANARY!ADMIN-TOKEN!8a3f5c71",
     "redis_password": "CANARY!REDIS-PASSWORD!2e9b4d83",
@@ -89,7 +104,23 @@ QUERY = "&".join(
         ("signature", "signature"),
         ("KEY", "key_upper_case"),
         ("%74oken", "token_encoded_name"),  # "token", its first letter percent-encoded
+        ("appsecret_proof", "appsecret_proof"),
+        ("client_secret", "client_secret"),
+        ("fb_exchange_token", "fb_exchange_token"),
+        ("input_token", "input_token"),
+        ("hash", "hash"),
+        ("OH", "oh"),
+        ("oe", "oe"),
+        ("token_hash", "token_hash"),
+        ("refresh_token", "refresh_token"),
+        ("api%5Fkey", "api_key"),  # "api_key", its '_' percent-encoded
+        ("x-sig", "configured_name"),  # added by the audit's log.redact_query
     )
+)
+# The audit's log.redact_query: the defaults, and one name of its own.
+REDACT_QUERY = (
+    "[key, token, access_token, apikey, signature, appsecret_proof, client_secret, fb_exchange_token, "
+    "input_token, hash, oh, oe, token_hash, refresh_token, api_key, x-sig]"
 )
 
 CLIENT_HEADERS = {
@@ -205,6 +236,13 @@ def test_redaction_hides_secrets_and_keeps_the_rest() -> None:
         "key=***&pageSize=5&KEY=***&%6Bey=***&access%5Ftoken=***&x=key=E&apikey&signature=***"
     )
     assert redact_query("alt=sse&select=*,bots(id)") == "alt=sse&select=*,bots(id)"
+    assert redact_query("appsecret_proof=A&hash=B&OH=C&oe=D&mid=E&token_hash=F&api%5Fkey=G") == (
+        "appsecret_proof=***&hash=***&OH=***&oe=***&mid=E&token_hash=***&api%5Fkey=***"
+    )
+    assert redact_query("session=A&hash=B", frozenset({"session"})) == "session=***&hash=B"  # the names given
+    assert redact_text("fetching https://lookaside.fbsbx.com/a/?mid=1&oh=SECRET&oe=5F2&_nc=x failed") == (
+        "fetching https://lookaside.fbsbx.com/a/?mid=1&oh=***&oe=***&_nc=x failed"
+    )
     cases = {
         "redis://:pw@h:6379/0": "redis://:***@h:6379/0",
         "redis://user:pw@h/0?password=pw&db=1": "redis://user:***@h/0?password=***&db=1",
@@ -358,7 +396,7 @@ def audit_yaml(ups: dict[str, Upstream], cache_store: str = "", shared: bool = F
         "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
     )
     assert "token: '${GATEWAY_ADMIN_TOKEN}'" in text
-    return text.replace("log: {level: info,", "log: {level: debug,")
+    return text.replace("log: {level: info,", f"log: {{level: debug, redact_query: {REDACT_QUERY},")
 
 
 def admin_get_paths() -> list[str]:
@@ -706,9 +744,10 @@ async def test_memory_store_holds_no_canary(upstream_factory, gateway_factory) -
 
 
 async def test_url_credentials_and_config_errors_never_show(upstream_factory, gateway_process, tmp_path) -> None:
-    """Secrets inside URLs (an upstream's userinfo, a Redis password as a query parameter) and
-    secrets a broken file spells out (a numeric token, a store URL where a mapping belongs): not
-    in /admin/config, the logs, the reload answer, nor `gateway check` / `gateway run` output."""
+    """A secret inside a URL (a Redis password as a query parameter) and secrets a broken file spells
+    out (a numeric token, a store URL where a mapping belongs, credentials in upstream URLs, which
+    `gateway check` refuses and points to set_headers): not in /admin/config, the logs, the reload
+    answer, nor `gateway check` / `gateway run` output."""
     up = await upstream_factory(make_script("graph", Switch()))
     env = {
         **ENV,
@@ -723,10 +762,10 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
     )
     blocks = {
         "basic": f"""
-            url: "http://svc:${{UPSTREAM_PASSWORD}}@{host}"
+            url: "http://{host}"
             routes: [{{name: cached, match: {{methods: [GET], path: "/cached"}}, cache: {{ttl: 1m}}}}]
             """,
-        "bare": f'url: "http://${{UPSTREAM_TOKEN}}@{host}"',
+        "bare": f'url: "http://{host}"',
     }
     text = gateway_yaml(blocks, store).replace(
         "admin: {listen: {host: 127.0.0.1, port: 0}}",
@@ -739,8 +778,6 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
         for path in ("/basic/cached", "/basic/cached", "/basic/other", "/bare/x"):
             async with s.get(gw.url + path) as resp:
                 await seen.answer(f"GET {path}", resp)
-        async with s.get(gw.url + "/basic/other", headers=CLIENT_HEADERS) as resp:  # and the client's own
-            await seen.answer("GET /basic/other with the client's Authorization", resp)
         for path in admin_get_paths():
             async with s.get(gw.admin + path) as resp:
                 await seen.answer(f"admin GET {path}", resp)
@@ -748,11 +785,17 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
         broken = (
             text.replace("token: '${GATEWAY_ADMIN_TOKEN}'", f"token: {CANARIES['config_literal_token']}")
             .replace(store, f"cache_store: 'redis://:{CANARIES['config_string_store_url']}@127.0.0.1:6379/0'")
+            .replace(f'url: "http://{host}"\n', f'url: "http://svc:${{UPSTREAM_PASSWORD}}@{host}"\n', 1)
             .replace(
-                'url: "http://${UPSTREAM_TOKEN}@',
+                f'url: "http://{host}"\n',
                 f"set_headers: {{x-api-key: {CANARIES['config_literal_header']}}}\n"
-                f'    url: "http://u:{CANARIES["config_bad_url"]}@host.example/?key={CANARIES["config_bad_url"]}"\n'
-                '    prefix: "@',
+                f'    url: "http://${{UPSTREAM_TOKEN}}@{host}"\n',
+                1,
+            )
+            .replace(
+                "upstreams:\n",
+                f'upstreams:\n  odd:\n    url: "http://u:{CANARIES["config_bad_url"]}@host.example/?key='
+                f'{CANARIES["config_bad_url"]}"\n    prefix: "@"\n',
             )
         )
         assert broken.count("CANARY") == 3 and CANARIES["config_literal_token"] in broken
@@ -765,6 +808,7 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
     bad_path.write_text(broken)
     config_path.write_text(text)
     await check_pass(config_path, env, seen)
+    outputs = {}
     for command, path, code in (("check", bad_path, 1), ("run", bad_path, 1)):
         done = await asyncio.to_thread(
             subprocess.run,
@@ -777,21 +821,24 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
         seen.add(f"gateway {command} (secrets spelled out) output", done.stdout + done.stderr)
         assert done.returncode == code
         assert b"admin.token" in done.stderr
+        outputs[command] = done.stderr.decode()
     gw.signal()
     gw.proc.wait(10)
     logs = "\n".join(gw.lines)
     seen.add("gateway stdout+stderr", logs)
     assert "config reload failed" in logs and "redis unavailable" in logs
-    received = "\n".join(str(dict(r.headers)) for r in up.seen)
-    assert "Basic " in received  # the userinfo was used (aiohttp sends it as Basic auth)
     finish(seen, "URL credentials and config errors", [*URL_AND_CONFIG_CANARIES, "admin_token"])
     # hidden, not dropped: the URLs keep their shape, each broken secret is still reported
     config = json.loads(seen.places["admin GET /admin/config"].partition(b"\r\n\r\n")[2])
     assert config["cache_store"]["url"].endswith("/0?password=***")
-    assert config["upstreams"]["basic"]["url"] == f"http://svc:***@{host}"
-    assert config["upstreams"]["bare"]["url"] == f"http://***@{host}"
-    for problem in ("admin.token", "set_headers.x-api-key", "cache_store", "upstreams.bare.url"):
+    assert config["upstreams"]["basic"]["url"] == f"http://{host}"
+    for problem in ("admin.token", "set_headers.x-api-key", "cache_store", "upstreams.odd.url"):
         assert f"{problem}: ".encode() in reload_body, problem
+    # credentials in an upstream URL: refused, the way out named (was: 500 once a client sent Authorization)
+    for where in (reload_body.decode(), outputs["check"], outputs["run"]):
+        for name in ("basic", "bare"):
+            assert f"upstreams.{name}.url: credentials in the URL are not accepted" in where, where
+        assert "send the header with set_headers" in where
 
 
 # --------------------------------------------------------------------------- the admin token
