@@ -12,10 +12,15 @@
     ├── UpstreamReset                 502 upstream_reset
     ├── UpstreamTimeout               504 upstream_timeout
     ├── FaultInjected                 (configured) fault_injected
-    └── Draining                      503 draining
+    ├── Draining                      503 draining
+    ├── IdempotencyConflict           409 idempotency_conflict
+    ├── IdempotencyMismatch           422 idempotency_mismatch
+    └── QuotaExhausted                429 quota_exhausted
     ConfigError                       gateway.yaml is not valid; carries every problem found
 
-``error_response`` renders a GatewayError as the contract's JSON body and headers.
+``error_response`` renders a GatewayError as the contract's JSON body and headers. ``details`` holds
+extra google.rpc detail objects an error carries for the Gemini format (``QuotaFailure`` of a
+``quota_exhausted``); a renderer appends them to the ones it writes itself.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ __all__ = [
     "Draining",
     "FaultInjected",
     "GatewayError",
+    "IdempotencyConflict",
+    "IdempotencyMismatch",
     "NoRoute",
     "Overloaded",
+    "QuotaExhausted",
     "RateLimited",
     "RequestTimeout",
     "UpstreamReset",
@@ -59,12 +67,14 @@ class GatewayError(Exception):
         attempts: int | None = None,
         retry_after: float | None = None,
         status: int | None = None,
+        details: tuple[dict[str, object], ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.upstream = upstream
         self.attempts = attempts
         self.retry_after = retry_after
+        self.details = details
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override (fault_injected)
 
@@ -142,6 +152,24 @@ class Draining(GatewayError):
     code, status = "draining", 503
 
 
+class IdempotencyConflict(GatewayError):
+    """A request with the same Idempotency-Key is still in flight."""
+
+    code, status = "idempotency_conflict", 409
+
+
+class IdempotencyMismatch(GatewayError):
+    """The Idempotency-Key was first used with another request (method, path or body)."""
+
+    code, status = "idempotency_mismatch", 422
+
+
+class QuotaExhausted(GatewayError):
+    """A ``quota`` window (rpm, tpm, rpd) has no room within ``max_wait``."""
+
+    code, status = "quota_exhausted", 429
+
+
 class ConfigError(Exception):
     """gateway.yaml cannot be used; ``problems`` holds one line per problem, each naming its key."""
 
@@ -164,6 +192,8 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
         seconds = max(0, math.ceil(error.retry_after))
         body["retry_after_s"] = seconds
         out["Retry-After"] = str(seconds)
+    if error.details:
+        body["details"] = list(error.details)
     return web.Response(
         status=error.status,
         body=json.dumps({"error": body}, separators=(",", ":")).encode(),

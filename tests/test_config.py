@@ -188,7 +188,7 @@ BROKEN = [
         "on_is_not_a_boolean",
         "defaults:\n  retry: {on: [timeout], off: [503]}\n",
         "defaults.retry.off: unknown key (expected one of: attempts, backoff, on, methods, retry_after, "
-        "budget, max_replay_body)",
+        "budget, max_replay_body, waits)",
         subprocess=False,
     ),
 ]
