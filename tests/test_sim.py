@@ -539,7 +539,7 @@ def test_shipped_scenarios_load(name):
     [
         (
             "upstreams: {graph: {latency: {p50: 80ms}, errorz: {rate: 5%}}}",
-            "upstreams.graph.errorz: unknown key (expected one of: latency, errors, resets, outages, routes)",
+            "upstreams.graph.errorz: unknown key (expected one of: latency, errors, resets, outages, routes, limits)",
         ),
         (
             "upstreams: {graph: {routes: {send: {}}}}",
