@@ -303,6 +303,11 @@ class RateLimit(Model):
     )
     max_wait: Duration = 0.0
     scope: Literal["local", "global"] = "local"
+    missing: Literal["share", "skip"] = Field(
+        "share",
+        description="a request whose key has no value (no such header, no such body field): share one bucket "
+        "keyed '-' (the contract's rule), or skip this limit (read receipts carry no 'to')",
+    )
 
 
 def _one_or_list(value: object) -> str:

@@ -1,9 +1,12 @@
 """Gemini quotas kept before Google enforces them (contract §2 ``quota``).
 
-Owns, per route and per value of the route's ``key`` path parameter (the model): requests per
+Owns, per upstream and per value of a route's ``key`` path parameter (the model): requests per
 minute (``rpm``), tokens per minute (``tpm``) and requests per day (``rpd``, the day ending at
 midnight America/Los_Angeles, as Google's does). Minute windows slide over 60 one-second slots;
-the day is a counter per Los Angeles date (``zoneinfo``, so daylight saving time is right).
+the day is a counter per Los Angeles date (``zoneinfo``, so daylight saving time is right). The use
+is counted per upstream and key value, whatever the route: ``generateContent`` and
+``streamGenerateContent`` of one model spend one quota, as Google counts them; each route checks
+its own ``quota`` limits against it.
 
 - ``QuotaKeeper.admit`` lets a request through while every window has room, else waits up to
   ``max_wait`` for room, else raises ``QuotaExhausted`` (429 ``quota_exhausted``) with Retry-After
@@ -43,7 +46,7 @@ from .config import Quota
 from .errors import QuotaExhausted
 from .redislink import RedisLink, StoreUnavailable
 
-__all__ = ["PACIFIC", "QuotaKeeper", "Ticket", "TokenMeter", "Usage", "day_of", "quota_failure"]
+__all__ = ["PACIFIC", "QuotaKeeper", "Ticket", "TokenMeter", "Usage", "day_of", "new_usages", "quota_failure"]
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 WINDOWS = ("rpm", "tpm", "rpd")
@@ -298,6 +301,11 @@ return 1
 """
 
 
+def new_usages(max_keys: int = 1000) -> LRUCache[str, Usage]:
+    """One upstream's use per key value: an LRU of ``max_keys`` (an evicted key starts again empty)."""
+    return LRUCache(maxsize=max_keys)
+
+
 class QuotaKeeper:
     """The ``quota`` block of one route: its windows per key value, local or shared through Redis."""
 
@@ -308,14 +316,14 @@ class QuotaKeeper:
         link: RedisLink | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_keys: int = 1000,
+        usages: LRUCache[str, Usage] | None = None,
     ) -> None:
         self.config = config
-        self.name = name  # upstream.route: the Redis key space and the log name
+        self.name = name  # the upstream: the Redis key space (shared by its routes)
         self.link = link
         self.clock = clock
         self._sleep = sleep
-        self._usage: LRUCache[str, Usage] = LRUCache(maxsize=max_keys)
+        self._usage: LRUCache[str, Usage] = usages if usages is not None else new_usages()
         if link is not None:
             self._admit_script = link.client.register_script(_ADMIT)
             self._charge_script = link.client.register_script(_CHARGE)

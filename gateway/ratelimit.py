@@ -13,9 +13,9 @@ every replica, with this local limiter as its fallback while Redis is unavailabl
 A limit's ``key`` (``RequestKey``) is a path parameter, ``header:NAME`` (the SHA-256 of the
 header's value: a header value is never held in clear) or ``body:/json/pointer`` (RFC 6901, the
 field's SHA-256, read from a JSON body no larger than ``max_replay_body``; a body that is not
-JSON or lacks the field shares the bucket ``-``). ``acquire_all`` takes a token from every limit
-of a route: each reserves in order, a refusal gives back what the earlier ones reserved, and the
-request then sleeps the longest of the reserved waits.
+JSON or lacks the field shares the bucket ``-``, or skips the limit with ``missing: skip``).
+``acquire_all`` takes a token from every limit of a route: each reserves in order, a refusal gives
+back what the earlier ones reserved, and the request then sleeps the longest of the reserved waits.
 """
 
 from __future__ import annotations
@@ -355,5 +355,7 @@ async def acquire_all(
 def route_keys(
     limiters: Sequence[Limiter], params: Mapping[str, str], headers: Mapping[str, str], body: bytes | None
 ) -> list[tuple[Limiter, str | None]]:
-    """Each limiter with its bucket key for this request (see ``RequestKey.value``)."""
-    return [(limiter, limiter.key.value(params, headers, body)) for limiter in limiters]
+    """Each limiter with its bucket key for this request (see ``RequestKey.value``), without the
+    limiters set to ``missing: skip`` whose key has no value in this request."""
+    keyed = [(limiter, limiter.key.value(params, headers, body)) for limiter in limiters]
+    return [(limiter, key) for limiter, key in keyed if key != NO_VALUE or limiter.config.missing != "skip"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from cachetools import LRUCache
 from yarl import URL
 
 from . import idempotency
@@ -26,7 +27,7 @@ from .breaker import CircuitBreaker
 from .config import Config, RateLimit, RoutePolicy, UpstreamPolicy, resolve
 from .fault import FaultInjector
 from .limits import Bulkhead
-from .quota import QuotaKeeper
+from .quota import QuotaKeeper, Usage, new_usages
 from .ratelimit import GlobalRateLimiter, Limiter, RateLimiter
 from .redislink import RedisLink
 from .retry import RetryBudget, RetryPolicy
@@ -75,7 +76,7 @@ class Upstream:
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
         self._limiters: dict[tuple[str, int, RateLimit], Limiter]
-        self._quotas: dict[tuple[str, Any], QuotaKeeper]
+        self._usages: LRUCache[str, Usage]  # quota use per key value, shared by the routes
         self.bulkhead: Bulkhead
         self.breakers: dict[str, CircuitBreaker] = {}
         old_breakers: dict[str, CircuitBreaker] = {}
@@ -85,7 +86,7 @@ class Upstream:
             self.stats = previous.stats
             self._budgets = previous._budgets
             self._limiters = previous._limiters
-            self._quotas = previous._quotas
+            self._usages = previous._usages
             old_breakers = previous.breakers
             old = previous.policy.limits
             same = (old.max_concurrent, old.max_queue, old.queue_timeout)
@@ -98,7 +99,7 @@ class Upstream:
             self.stats = MinuteWindow()
             self._budgets = {}
             self._limiters = {}
-            self._quotas = {}
+            self._usages = new_usages()
             self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         self.routes = tuple(self._route(p, old_breakers) for p in policy.routes)
         self.default = self._route(policy.default, old_breakers)
@@ -128,10 +129,7 @@ class Upstream:
         limiters = tuple(self._limiter(policy.name, i, config) for i, config in enumerate(policy.rate_limit))
         quota = None
         if policy.quota is not None:
-            quota_key = (policy.name, policy.quota)
-            quota = self._quotas.get(quota_key)
-            if quota is None:
-                quota = self._quotas[quota_key] = QuotaKeeper(policy.quota, f"{self.name}.{policy.name}", self.link)
+            quota = QuotaKeeper(policy.quota, self.name, self.link, usages=self._usages)
         retry = RetryPolicy(policy.retry, self.policy.kind, budget)
         keeper = None
         if policy.idempotency is not None and self.keys is not None:

@@ -280,6 +280,16 @@ async def test_rpm_through_the_gateway_and_another_model_unaffected(upstream_fac
     assert {"key": "flash", "window": "rpm", "remaining": 0, "limit": 2} in quota["windows"]
 
 
+async def test_generate_and_stream_of_one_model_spend_one_quota(upstream_factory, gateway_factory):
+    up = await upstream_factory(gemini_script())
+    gw = await gateway_factory(gemini_yaml(up.url, "{key: model, rpm: 2}"))
+    assert (await generate(gw.session, gw.url))[0] == 200
+    assert (await generate(gw.session, gw.url, verb="streamGenerateContent"))[0] == 200
+    status, headers, _ = await generate(gw.session, gw.url, verb="streamGenerateContent")
+    assert (status, headers["x-gateway-error"]) == (429, "quota_exhausted")  # Google counts both together
+    assert up.count == 2
+
+
 async def test_tpm_counts_tokens_of_json_answers(upstream_factory, gateway_factory):
     up = await upstream_factory(gemini_script(tokens=600))
     gw = await gateway_factory(gemini_yaml(up.url, "{key: model, tpm: 1000}"))

@@ -179,3 +179,13 @@ async def test_the_upstream_sees_sends_to_one_recipient_no_faster_than_the_pair_
     assert [r[0] for r in results] == [200] * 5
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert all(gap >= 0.2 for gap in gaps), gaps  # 0.25 s apart, with scheduling slack
+
+
+async def test_missing_skip_exempts_bodies_without_the_field(upstream_factory, gateway_factory):
+    """Read receipts go to the same endpoint with no ``to``: they are not messages to a user."""
+    up = await upstream_factory()
+    gw = await gateway_factory(paced(up.url, '{rate: 10/m, burst: 1, key: "body:/to", max_wait: 0s, missing: skip}'))
+    receipt = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.1"}
+    assert [(await post(gw, receipt))[0] for _ in range(5)] == [200] * 5
+    assert (await post(gw, to("111")))[0] == 200
+    assert (await post(gw, to("111")))[0] == 429  # messages are still paced
