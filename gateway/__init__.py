@@ -10,7 +10,10 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``cache``: HTTP cache rules, keys, collapsing;  ``cachestore``: where entries live (memory)
 - ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
 - ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
+- ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
+- ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history
+- ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``): ``gateway sim``
 """
 
 from .config import Config, ConfigError, load_config, parse_config

@@ -5,6 +5,7 @@ Owns the admin ``web.Application``: GET /livez, /readyz, /health, /metrics, /adm
 /admin/cache/purge. POSTs need
 ``Authorization: Bearer <admin.token>`` when a token is set, compared in constant time. The
 admin app shares nothing with the proxy port: the proxy never serves these paths.
+The status page's GET routes (``/``, its assets, ``/admin/status``) come from ``statuspage``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .answers import error_response
 from .config import redacted
+from .errors import GatewayError
 from .logs import redact_data, redact_text
 from .metrics import CONTENT_TYPE
+from .statuspage import routes as status_page_routes
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -36,9 +40,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    resp = _json({"error": {"code": code, "message": message}}, status)
-    resp.headers["x-gateway-error"] = code
-    return resp
+    """The admin port's errors: the gateway's generic shape, through the one renderer."""
+    return error_response(GatewayError(message, status=status, code=code))
 
 
 def _gateway(request: web.Request) -> Gateway:
@@ -165,4 +168,5 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/admin/breakers/{name}/{action:reset|open}", breaker_action)
     app.router.add_get("/admin/cache", cache)
     app.router.add_post("/admin/cache/purge", cache_purge)
+    app.add_routes(status_page_routes(_gateway))  # GET /, its assets, GET /admin/status
     return app

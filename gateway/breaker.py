@@ -16,8 +16,9 @@ recovery interval at most, after which another probe may go even if the first ha
 So, while the upstream fails, at most ``half_open_requests`` probes start per recovery interval,
 and once it answers again, refusals stop within one interval (``recovery_max`` at the worst) plus
 the time a probe takes. For the same reason a failure is old news, and not counted, when a try that
-started after it has already succeeded: tries stuck in a stall report their timeouts up to
-``per_try`` after the stall ended, and must not trip a breaker on an upstream that is answering.
+started after it has already succeeded, or when it is a probe and a later probe is still in flight:
+tries stuck in a stall report their timeouts up to ``per_try`` after the stall ended, and must not
+trip (or re-open) a breaker on an upstream that is answering.
 
 Use, once per try::
 
@@ -319,7 +320,7 @@ class CircuitBreaker:
 
     def acquire(self) -> Permit:
         """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
-        the current recovery delay as a hint when forced open), or when half-open with all
+        None when forced open: no wait is known), or when half-open with all
         ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
         self._maybe_half_open()
         state = self._state
@@ -375,6 +376,8 @@ class CircuitBreaker:
         if self._state == HALF_OPEN:
             if permit in self._probes:
                 self._probes.remove(permit)
+            if failure and any(p.started > permit.started for p in self._probes):
+                return  # a later probe is in flight: it decides (this one may have been stuck in a stall)
             if failure:
                 self._recovery = min(self._recovery * 2, self.config.ceiling)
                 self.tripped_by = outcome.label if outcome.kind != "response" else str(outcome.status)

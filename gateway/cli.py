@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         sim.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT", help=f"default: {port}")
     sim.add_argument("--seed", type=int, help="random seed (default: the scenario's, else a random one, logged)")
     sim.add_argument(
-        "--lookaside-url", metavar="URL", help="base of the media URLs Graph returns (default: the lookaside listener)"
+        "--lookaside-url",
+        metavar="URL",
+        help="base of the media URLs Graph returns (default: https://lookaside.fbsbx.com as Graph's own, which the "
+        "backend swaps for its gateway's /lookaside; or the forwarding gateway's X-Forwarded-Host)",
     )
     return parser
 

@@ -562,6 +562,11 @@ def merge(base: M, over: M | None) -> M:
     return base.model_copy(update=update)
 
 
+# Built-in defaults per ``kind``, under the file's ``defaults`` (which still win when they set the key):
+# Gemini takes requests of up to 20 MB with inline data (images, audio, PDFs as base64).
+KIND_LIMITS: dict[str, Limits] = {"gemini": Limits(max_request_body=20 * 1024**2)}
+
+
 def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
     """Apply inheritance and build the finished policies, upstream by upstream."""
     d = config.defaults
@@ -576,7 +581,7 @@ def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
             timeouts=merge(merge(Timeouts(), d.timeouts), up.timeouts),
             retry=merge(merge(Retry(), d.retry), up.retry),
             breaker=merge(merge(Breaker(), d.breaker), up.breaker),
-            limits=merge(merge(Limits(), d.limits), up.limits),
+            limits=merge(merge(merge(Limits(), KIND_LIMITS.get(up.kind)), d.limits), up.limits),
             fault=up.fault if up.fault is not None else d.fault,
             cache=None,
             rate_limit=(),

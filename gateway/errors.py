@@ -18,18 +18,14 @@
     └── QuotaExhausted                429 quota_exhausted
     ConfigError                       gateway.yaml is not valid; carries every problem found
 
-``error_response`` renders a GatewayError as the contract's JSON body and headers. ``details`` holds
-extra google.rpc detail objects an error carries for the Gemini format (``QuotaFailure`` of a
-``quota_exhausted``); a renderer appends them to the ones it writes itself.
+``gateway.answers`` renders a GatewayError in the upstream's own error format (contract §3).
+``details`` holds extra google.rpc detail objects an error carries (the ``QuotaFailure`` of a
+``quota_exhausted``); the Gemini format appends them to the ones it writes itself.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import ClassVar
-
-from aiohttp import web
 
 __all__ = [
     "BadRequest",
@@ -49,7 +45,6 @@ __all__ = [
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnreachable",
-    "error_response",
 ]
 
 
@@ -67,6 +62,7 @@ class GatewayError(Exception):
         attempts: int | None = None,
         retry_after: float | None = None,
         status: int | None = None,
+        code: str | None = None,
         details: tuple[dict[str, object], ...] = (),
     ) -> None:
         super().__init__(message)
@@ -77,6 +73,8 @@ class GatewayError(Exception):
         self.details = details
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override (fault_injected)
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override (the admin port's own codes)
 
 
 class NoRoute(GatewayError):
@@ -177,26 +175,3 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
-
-
-def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
-    """Render ``error`` as contract §3: JSON body, ``x-gateway-error`` and ``Retry-After``."""
-    body: dict[str, object] = {"code": error.code, "message": error.message}
-    if error.upstream is not None:
-        body["upstream"] = error.upstream
-    if error.attempts is not None:
-        body["attempts"] = error.attempts
-    out = dict(headers or {})
-    out["x-gateway-error"] = error.code
-    if error.retry_after is not None:
-        seconds = max(0, math.ceil(error.retry_after))
-        body["retry_after_s"] = seconds
-        out["Retry-After"] = str(seconds)
-    if error.details:
-        body["details"] = list(error.details)
-    return web.Response(
-        status=error.status,
-        body=json.dumps({"error": body}, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=out,
-    )

@@ -44,8 +44,8 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import answers, outcomes
 from . import cache as cachemod
-from . import outcomes
 from .cache import FlightResult, Shared
 from .cachestore import Entry
 from .config import Cache as CachePolicy
@@ -62,7 +62,6 @@ from .errors import (
     UpstreamReset,
     UpstreamTimeout,
     UpstreamUnreachable,
-    error_response,
 )
 from .hygiene import check_request, request_headers, response_headers
 from .logs import access_log, event, log, redact_query
@@ -115,6 +114,7 @@ class Exchange:
     error: str | None = None
     source: str = "gateway"
     headers_sent_at: float | None = None
+    answer_format: str | None = None  # the upstream's error format for the gateway's own answers
     replayed: bool = False  # an answer kept under an Idempotency-Key
 
 
@@ -329,6 +329,7 @@ class Proxy:
             raise NoRoute(f"no upstream prefix matches the path {path!r}")
         upstream, route = match.upstream, match.route or match.upstream.default
         ex.upstream, ex.route = upstream.name, route.policy.name
+        ex.answer_format = answers.answer_format(upstream.policy.kind, match.path)
         policy = route.policy
         deadline = ex.start + self._total(request, policy.timeouts.total)
         body = await RequestBody.read(
@@ -536,8 +537,8 @@ class Proxy:
             while True:
                 try:
                     chunk = await answer.content.readany()
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    ex.error = "upstream_reset"  # the client sees a truncated body: never completed
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # the client sees a truncated body
+                    ex.error = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_reset"
                     _abort(request)
                     return response
                 if not chunk:
@@ -855,7 +856,11 @@ class Proxy:
         ex.status, ex.error, ex.source = err.status, err.code, "gateway"
         if not ex.attempts and ex.upstream != "-":
             self.metrics.rejected.labels(ex.upstream, err.code).inc()
-        return error_response(err, headers)
+        fmt = ex.answer_format
+        if fmt is None:  # refused before routing (draining, hygiene): the path's upstream still decides
+            found = self.state.runtime.router.match(ex.method, ex.path.partition("?")[0])
+            fmt = answers.GENERIC if found is None else answers.answer_format(found.upstream.policy.kind, found.path)
+        return answers.error_response(err, fmt, headers, ex.request_id)
 
     def _finish(self, ex: Exchange) -> None:
         now = time.monotonic()
@@ -867,6 +872,7 @@ class Proxy:
         if upstream is not None:
             failed = ex.error if ex.error else (f"HTTP {ex.status}" if ex.status >= 500 else None)
             upstream.stats.record(headers_at - ex.start, failed)
+        self.state.history.record(ex, headers_at - ex.start)
         access_log(
             {
                 "request_id": ex.request_id,

@@ -29,11 +29,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from .config import RateLimit
 from .errors import BadRequest, RateLimited
 from .redislink import RedisLink, StoreUnavailable
+from .units import format_rate
 
 __all__ = [
     "GlobalRateLimiter",
@@ -192,6 +193,19 @@ class RateLimiter:
         """The number of buckets held."""
         return len(self._buckets)
 
+    def headroom(self) -> dict[str, float | int | None]:
+        """For the status page: ``keys`` (buckets held), ``tokens_min`` (the fewest tokens left in
+        any bucket: the key nearest its limit; None before the first request) and ``exhausted``
+        (buckets with less than one token: the next request there waits or gets 429). Key values are
+        not shown: they may be phone numbers. Reads without touching the buckets' LRU order."""
+        peek = Cache.__getitem__  # LRUCache's own __getitem__ would make every bucket recently used
+        tokens = [peek(self._buckets, key).tokens for key in list(self._buckets)]
+        return {
+            "keys": len(tokens),
+            "tokens_min": round(min(tokens), 2) if tokens else None,
+            "exhausted": sum(1 for t in tokens if t < 1 - _EPSILON),
+        }
+
     def bucket(self, key: str | None) -> TokenBucket:
         """The bucket for ``key`` (the value of the configured path parameter), made full on first use.
         Without ``key:`` in the configuration every request shares one bucket, whatever ``key`` is."""
@@ -213,7 +227,7 @@ class RateLimiter:
         wait = bucket.reserve(self.max_wait)
         if wait is None:
             raise RateLimited(
-                f"rate limit of {self.rate:g}/s reached: no token within {self.max_wait:g}s",
+                f"rate limit of {format_rate(self.rate)} reached: no token within {self.max_wait:g}s",
                 upstream=upstream,
                 retry_after=bucket.retry_after(),
             )
@@ -309,7 +323,8 @@ class GlobalRateLimiter:
         seconds = float(wait)
         if not int(taken):
             raise RateLimited(
-                f"rate limit of {self.rate:g}/s (shared by every replica) reached: no token within {self.max_wait:g}s",
+                f"rate limit of {format_rate(self.rate)} (shared by every replica) reached: "
+                f"no token within {self.max_wait:g}s",
                 upstream=upstream,
                 retry_after=seconds,
             )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import resource
@@ -26,7 +25,6 @@ import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
@@ -36,6 +34,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from .admin import build_admin_app
+from .answers import error_response, raw_answer
 from .breakersync import BreakerSync
 from .cache import ResponseCache
 from .cachestore import FallbackStore, MemoryStore, RedisStore, Store
@@ -47,8 +46,8 @@ from .errors import (
     GatewayError,
     Overloaded,
     RequestTimeout,
-    error_response,
 )
+from .history import History
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
@@ -70,6 +69,7 @@ class State:
     cache: ResponseCache
     draining: bool = False
     inflight: int = 0
+    history: History = field(default_factory=History)  # the status page's 15 minutes
 
 
 # File descriptors kept aside from client connections: listeners, the event loop, logs, Redis,
@@ -116,7 +116,7 @@ class _ProxyProtocol(RequestHandler):
             error = Overloaded(
                 f"the gateway has {self._gate.max_connections} client connections open, its limit", retry_after=1
             )
-            cast(asyncio.Transport, transport).write(_raw_answer(error))
+            cast(asyncio.Transport, transport).write(raw_answer(error))
             transport.close()
             return
         self.admitted = True
@@ -195,7 +195,7 @@ class _ProxyProtocol(RequestHandler):
         self._gate.metrics.connections_closed.labels("header_timeout").inc()
         if self._head_bytes and not self._request_in_progress and not self._messages:
             timeout = self._gate.settings().header_timeout
-            transport.write(_raw_answer(RequestTimeout(f"the request head did not arrive within {timeout:g}s")))
+            transport.write(raw_answer(RequestTimeout(f"the request head did not arrive within {timeout:g}s")))
         event("client connection closed: no complete request head in time", logging.DEBUG, partial=self._head_bytes)
         self.force_close()
 
@@ -249,22 +249,6 @@ def _limit_of(exc: LineTooLong) -> int | None:
         return int(exc.args[1])
     except (IndexError, TypeError, ValueError):
         return None
-
-
-def _raw_answer(error: GatewayError) -> bytes:
-    """A whole HTTP/1.1 answer in the contract's shape, for a connection that has no request object."""
-    body: dict[str, object] = {"code": error.code, "message": error.message}
-    extra = ""
-    if error.retry_after is not None:
-        body["retry_after_s"] = int(error.retry_after)
-        extra = f"Retry-After: {int(error.retry_after)}\r\n"
-    data = json.dumps({"error": body}, separators=(",", ":")).encode()
-    head = (
-        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        f"x-gateway-error: {error.code}\r\n{extra}Connection: close\r\n\r\n"
-    )
-    return head.encode() + data
 
 
 class _ProxyServer(web.Server):
@@ -541,6 +525,7 @@ class Gateway:
 
     def _breaker_moved(self, breaker: CircuitBreaker, before: str, after: str) -> None:
         self.metrics.breaker_transitions.labels(breaker.upstream, breaker.route, after).inc()
+        self.state.history.transition(breaker.name, before, after, breaker.last_event)
         if self.sync is not None:
             self.sync.noted(breaker, before, after)
         level = logging.WARNING if after == "open" else logging.INFO

@@ -4,15 +4,24 @@ Owns simulated WhatsApp Graph, Meta's media host (lookaside), Gemini and Supabas
 Auth) servers in one process, one aiohttp listener per simulated host, each answering in its real
 API's shapes (``../shared/upstream-apis.md``):
 
-- Graph: ``POST /{ver}/{phone_id}/messages`` and ``GET /{ver}/{media_id}``; errors
-  ``{"error": {"message", "type", "code", "error_subcode", "error_data", "fbtrace_id"}}``.
+- Graph: ``POST /{ver}/{phone_id}/messages``, ``GET|DELETE /{ver}/{media_id}``, media upload
+  ``POST /{ver}/{phone_id}/media`` and ``/{ver}/{phone_id}/whatsapp_business_profile``
+  (``sim_graph``); errors ``{"error": {"message", "type", "code", "error_subcode", "error_data",
+  "fbtrace_id"}}``. Media URLs name ``https://lookaside.fbsbx.com`` as Graph's do (the backend swaps
+  that host for the gateway's ``/lookaside``), or the gateway that forwarded the request when it
+  says so in ``X-Forwarded-Host``, or ``--lookaside-url``.
 - lookaside: ``GET /whatsapp_business/attachments/?mid=…``, the media bytes Graph's media URL names.
 - Gemini: ``:generateContent``, ``:streamGenerateContent`` (``?alt=sse``: events spaced in time),
+  ``:countTokens``, ``:embedContent``, ``:batchEmbedContents`` (``sim_gemini``),
   ``GET /{ver}/models[/{model}]``; errors in google.rpc's ``{"error": {"code", "message", "status",
   "details"}}``, with QuotaFailure and RetryInfo on 429.
 - Supabase: PostgREST ``/rest/v1/{table}`` (GET/HEAD/POST/PATCH/PUT/DELETE on in-memory rows,
-  filters, ``Range``/``Content-Range``, ``Prefer``, ``Vary``), errors ``{"code", "details", "hint",
-  "message"}``; Auth ``GET /auth/v1/user``, errors in GoTrue's ``{"code", "error_code", "msg"}``.
+  filters incl. ``like``/``ilike``, ``Range``/``Content-Range``, ``Prefer``, ``Vary``) and
+  ``/rest/v1/rpc/{fn}`` (``echo``, ``count_rows``), errors ``{"code", "details", "hint", "message"}``;
+  Auth ``GET /auth/v1/user``, ``POST /auth/v1/token`` (password and refresh_token grants),
+  ``POST /auth/v1/logout`` (``sim_auth``), errors in GoTrue's ``{"code", "error_code", "msg"}``;
+  Storage ``/storage/v1/object/…`` and ``/storage/v1/bucket`` (``sim_storage``), errors
+  ``{"statusCode", "code", "error", "message"}``.
 
 It also owns the scenario file (YAML validated by pydantic models that refuse unknown keys:
 latency distributions, error rates and mixes, resets, outage windows over time, per upstream and
@@ -50,7 +59,12 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from . import sim_gemini
 from .config import Duration, Percent, Size, _path, _step, _UniqueKeyLoader
+from .sim_auth import Accounts, user_json
+from .sim_common import ApiFault
+from .sim_graph import GraphMedia, business_profile
+from .sim_storage import STORAGE_CODES, Storage, storage_error
 from .simlimits import GeminiLimits, GraphLimits, SimLimits
 from .units import format_duration
 
@@ -72,11 +86,24 @@ DEFAULT_PORTS: dict[str, int] = {"graph": 8081, "gemini": 8082, "supabase": 8083
 # The routes a scenario may name under ``upstreams.<name>.routes``; anything else is route "other"
 # (an API-shaped 404, never faulted).
 ROUTES: dict[str, tuple[str, ...]] = {
-    "graph": ("send_message", "media_url"),
-    "gemini": ("generate", "stream", "models"),
-    "supabase": ("rest_read", "rest_write", "auth_user"),
+    "graph": ("send_message", "media_url", "media_upload", "media_delete", "business_profile"),
+    "gemini": ("generate", "stream", "models", "count_tokens", "embed"),
+    "supabase": (
+        "rest_read",
+        "rest_write",
+        "rpc",
+        "auth_user",
+        "auth_token",
+        "auth_logout",
+        "storage_upload",
+        "storage_download",
+        "storage_list",
+        "storage_delete",
+        "storage_bucket",
+    ),
     "lookaside": ("media",),
 }
+LOOKASIDE_URL = "https://lookaside.fbsbx.com"  # Graph's media host, which the backend swaps for the gateway
 OTHER = "other"
 HOLD_MAX = 300.0  # a "timeout" answer holds the connection this long at most, then drops it
 SHUTDOWN_GRACE = 0.5  # on close, in-flight handlers (latency sleeps, holds) get this long
@@ -220,6 +247,9 @@ class Behaviour(_Model):
 class GraphRoutes(_Model):
     send_message: Behaviour | None = None
     media_url: Behaviour | None = None
+    media_upload: Behaviour | None = None
+    media_delete: Behaviour | None = None
+    business_profile: Behaviour | None = None
 
 
 class GraphSim(Behaviour):
@@ -248,6 +278,8 @@ class GeminiRoutes(_Model):
     generate: Behaviour | None = None
     stream: Behaviour | None = None
     models: Behaviour | None = None
+    count_tokens: Behaviour | None = None
+    embed: Behaviour | None = None
 
 
 class GeminiSim(Behaviour):
@@ -259,7 +291,15 @@ class GeminiSim(Behaviour):
 class SupabaseRoutes(_Model):
     rest_read: Behaviour | None = None
     rest_write: Behaviour | None = None
+    rpc: Behaviour | None = None
     auth_user: Behaviour | None = None
+    auth_token: Behaviour | None = None
+    auth_logout: Behaviour | None = None
+    storage_upload: Behaviour | None = None
+    storage_download: Behaviour | None = None
+    storage_list: Behaviour | None = None
+    storage_delete: Behaviour | None = None
+    storage_bucket: Behaviour | None = None
 
 
 class SupabaseSim(Behaviour):
@@ -419,9 +459,9 @@ def _code_problem(upstream: str, status: int | None, code: int | str) -> str | N
         if status is not None and GOOGLE_STATUSES[str(code)][0] != status:
             return f"{code} goes with status {GOOGLE_STATUSES[str(code)][0]}, not {status}"
         return None
-    known = str(code) in POSTGREST_CODES or str(code) in GOTRUE_CODES
+    known = str(code) in POSTGREST_CODES or str(code) in GOTRUE_CODES or str(code) in STORAGE_CODES
     if not known and status is None:
-        return f"{code!r} is not in the sim's table of PostgREST / GoTrue codes: set its status too"
+        return f"{code!r} is not in the sim's table of PostgREST / GoTrue / Storage codes: set its status too"
     return None
 
 
@@ -488,6 +528,7 @@ POSTGREST_CODES: dict[str, tuple[int, str]] = {
     "PGRST102": (400, "Empty or invalid json"),
     "PGRST103": (416, "Requested range not satisfiable"),
     "PGRST116": (406, "Cannot coerce the result to a single JSON object"),
+    "PGRST202": (404, "Could not find the function in the schema cache"),
     "PGRST301": (401, "JWT could not be decoded"),
     "PGRST303": (401, "JWT expired"),
     "08006": (503, "connection failure"),
@@ -523,6 +564,10 @@ GOTRUE_CODES: dict[str, tuple[int, str]] = {
     "bad_jwt": (403, "invalid JWT: unable to parse or verify signature, token is malformed"),
     "user_not_found": (403, "User from sub claim in JWT does not exist"),
     "session_not_found": (403, "Session from session_id claim in JWT does not exist"),
+    "bad_json": (400, "Could not parse request body as JSON"),
+    "invalid_credentials": (400, "Invalid login credentials"),
+    "refresh_token_not_found": (400, "Invalid Refresh Token: Refresh Token Not Found"),
+    "refresh_token_already_used": (400, "Invalid Refresh Token: Already Used"),
     "over_request_rate_limit": (429, "Request rate limit reached"),
     "unexpected_failure": (500, "Unexpected failure, please check server logs for more information"),
     "request_timeout": (504, "Processing this request timed out, please retry after a moment."),
@@ -536,7 +581,7 @@ _GOTRUE_BY_STATUS = {
 }
 
 # With errors.rate set and no mix: each API's usual transient error.
-_DEFAULT_ERROR_STATUS = {"graph": 500, "lookaside": 500, "gemini": 503, "rest": 503, "auth": 500}
+_DEFAULT_ERROR_STATUS = {"graph": 500, "lookaside": 500, "gemini": 503, "rest": 503, "auth": 500, "storage": 500}
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,9 +597,9 @@ class ApiError:
 
 
 def _family(upstream: str, route: str) -> str:
-    """Which error shape a route answers in: graph, gemini, rest (PostgREST) or auth (GoTrue)."""
+    """Which error shape a route answers in: graph, gemini, rest (PostgREST), auth (GoTrue) or storage."""
     if upstream == "supabase":
-        return "auth" if route == "auth_user" else "rest"
+        return "auth" if route.startswith("auth_") else "storage" if route.startswith("storage_") else "rest"
     return "graph" if upstream == "lookaside" else upstream
 
 
@@ -678,13 +723,16 @@ def kong_no_apikey() -> web.Response:
 
 
 def api_error(family: str, error: ApiError) -> web.Response:
-    """Render ``error`` in the shape of ``family`` (graph, gemini, rest, auth)."""
+    """Render ``error`` in the shape of ``family`` (graph, gemini, rest, auth, storage)."""
     if family == "graph":
         return graph_error(error)
     if family == "gemini":
         return google_error(error)
     if family == "auth":
         return gotrue_error(error)
+    if family == "storage":
+        code = str(error.code) if error.code is not None else None
+        return storage_error(error.status, code, error.message, error.retry_after)
     return postgrest_error(error)
 
 
@@ -891,6 +939,11 @@ class RestError(Exception):
         return postgrest_error(ApiError(None, self.code, None, self.message), self.details, None, self.headers)
 
 
+def _like_regex(pattern: str) -> str:
+    """SQL LIKE as a regex: ``%`` and ``*`` any run, ``_`` one character, the rest literal."""
+    return "".join(".*" if ch in "%*" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+
+
 def _cell_text(value: object) -> str:
     if value is None:
         return "null"
@@ -979,6 +1032,9 @@ class Tables:
                 ok = _cell_text(value) in [v.strip().strip('"') for v in arg[1:-1].split(",")]
             elif op == "is" and arg in ("null", "true", "false"):
                 ok = _cell_text(value) == arg
+            elif op in ("like", "ilike"):  # PostgREST takes * for SQL's % (a URL-safe wildcard)
+                flags = re.IGNORECASE if op == "ilike" else 0
+                ok = re.fullmatch(_like_regex(arg), _cell_text(value), flags | re.DOTALL) is not None
             else:
                 raise RestError("PGRST100", f'"failed to parse filter ({expression})" (line 1, column 1)')
             if ok == negate:
@@ -1006,17 +1062,14 @@ def _bearer(request: web.BaseRequest) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+_FORWARDED_HOST = re.compile(r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
 def _drop(request: web.BaseRequest) -> web.StreamResponse:
     """Close the connection without an answer (the returned object is never written)."""
     if request.transport is not None:
         request.transport.close()
     return web.Response()
-
-
-def _media_bytes(mid: str, size: int) -> bytes:
-    seed = hashlib.sha256(mid.encode()).digest()
-    data = b"\xff\xd8\xff\xe0" + seed * (size // len(seed) + 1)
-    return data[:size]
 
 
 @dataclass(slots=True)
@@ -1065,6 +1118,9 @@ class Sim:
         self._wall0 = time.time()
         self.plans: dict[tuple[str, str], RoutePlan] = {}
         self.tables = Tables(scenario.upstreams.supabase.rows)
+        self.media = GraphMedia(scenario.upstreams.lookaside.media_size, scenario.upstreams.lookaside.mime_type)
+        self.accounts = Accounts()
+        self.storage = Storage()
         self.load(scenario)  # sets all of the above for real; start() restarts the clock once listening
 
     # ---- lifecycle
@@ -1098,7 +1154,20 @@ class Sim:
 
     @property
     def lookaside_url(self) -> str:
-        return self._lookaside_url or self.url("lookaside")
+        """The base of media URLs when the request does not name its gateway (see ``_lookaside_base``)."""
+        return (self._lookaside_url or LOOKASIDE_URL).rstrip("/")
+
+    def _lookaside_base(self, request: web.BaseRequest) -> str:
+        """``--lookaside-url``; else the gateway that forwarded the request (its ``X-Forwarded-Host``,
+        with ``forwarded_headers: true``) and its ``/lookaside`` prefix; else Graph's own host,
+        which the backend swaps for the gateway's, as in production."""
+        if self._lookaside_url:
+            return self.lookaside_url
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        if host and _FORWARDED_HOST.fullmatch(host):
+            proto = request.headers.get("X-Forwarded-Proto", "http").split(",")[0].strip()
+            return f"{proto if proto in ('http', 'https') else 'http'}://{host}/lookaside"
+        return LOOKASIDE_URL
 
     # ---- scenario and counters
 
@@ -1114,6 +1183,10 @@ class Sim:
         self._wall0 = time.time()
         self.stats = Stats()
         self.tables = Tables(self.scenario.upstreams.supabase.rows)
+        look = self.scenario.upstreams.lookaside
+        self.media = GraphMedia(look.media_size, look.mime_type)
+        self.accounts = Accounts()
+        self.storage = Storage()
         self.limits = SimLimits(self.scenario.upstreams.graph.limits, self.scenario.upstreams.gemini.limits, self.clock)
         self.plans = {
             (up, route): RoutePlan(up, route, self.scenario.effective(up, route), self.seed)
@@ -1274,23 +1347,42 @@ class Sim:
             return graph_error(ApiError(400, 100, None, f"Unknown path components: {request.path}"))
         if upstream == "gemini":
             return google_error(ApiError(404, "NOT_FOUND", None, f"Method not found: {request.path}"))
+        if upstream == "supabase" and request.path.startswith("/storage/v1/"):
+            return storage_error(404, "InvalidRequest", f"Route {request.method}:{request.path} not found")
         if upstream == "supabase":
             return postgrest_error(ApiError(404, "PGRST125", None, "Invalid path specified in request URL"))
         return web.Response(status=404, text="Not Found")
 
     def _answer(self, call: Call) -> Answer:
+        store, headers, method = self.storage, call.request.headers, call.request.method
         handlers: dict[str, Callable[[Call], Answer]] = {
             "send_message": self._send_message,
             "media_url": self._media_url,
+            "media_upload": lambda c: self.media.upload(headers.get("Content-Type", ""), c.body),
+            "media_delete": lambda c: self.media.delete(c.params["media_id"]),
+            "business_profile": lambda c: business_profile(method, c.params["phone_id"]),
             "media": self._media,
             "generate": self._generate,
             "stream": self._generate,
             "models": self._models,
+            "count_tokens": lambda c: sim_gemini.count_tokens(c.body),
+            "embed": lambda c: sim_gemini.embed(c.params["model"], c.body, c.params["verb"] == "batchEmbedContents"),
             "rest_read": self._rest,
             "rest_write": self._rest,
+            "rpc": self._rpc,
             "auth_user": self._auth_user,
+            "auth_token": lambda c: self.accounts.token(c.request.query.get("grant_type"), c.body),
+            "auth_logout": lambda c: self.accounts.logout(_bearer(c.request), c.request.query.get("scope", "global")),
+            "storage_upload": lambda c: store.upload(method, c.params["bucket"], c.params["key"], headers, c.body),
+            "storage_download": lambda c: store.download(method, c.params["bucket"], c.params["key"]),
+            "storage_list": lambda c: store.list(c.params["bucket"], c.body),
+            "storage_delete": lambda c: store.delete(c.params["bucket"], c.body),
+            "storage_bucket": lambda c: store.buckets(method, c.params.get("bucket"), c.body),
         }
-        return handlers[call.route](call)
+        try:
+            return handlers[call.route](call)
+        except ApiFault as fault:
+            return api_error(fault.family, ApiError(fault.status, fault.code, fault.subcode, fault.message))
 
     # ---- Graph and lookaside
 
@@ -1317,10 +1409,10 @@ class Sim:
 
     def _media_url(self, call: Call) -> web.Response:
         media_id = call.params["media_id"]
-        look = self.scenario.upstreams.lookaside
-        data = _media_bytes(media_id, look.media_size)
+        media = self.media.get(media_id)
+        data = media.data
         url = (
-            f"{self.lookaside_url}/whatsapp_business/attachments/?mid={media_id}"
+            f"{self._lookaside_base(call.request)}/whatsapp_business/attachments/?mid={media_id}"
             f"&ext={int(self._wall0 + self.elapsed())}&hash={hashlib.sha256(media_id.encode()).hexdigest()[:20]}"
         )
         return _json_response(
@@ -1328,7 +1420,7 @@ class Sim:
             {
                 "messaging_product": "whatsapp",
                 "url": url,
-                "mime_type": look.mime_type,
+                "mime_type": media.mime_type,
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "file_size": len(data),
                 "id": media_id,
@@ -1339,8 +1431,11 @@ class Sim:
         mid = call.request.query.get("mid")
         if not mid:
             return web.Response(status=404, text="Not Found")
-        look = self.scenario.upstreams.lookaside
-        return web.Response(body=_media_bytes(mid, look.media_size), headers={"Content-Type": look.mime_type})
+        try:
+            media = self.media.get(mid)
+        except ApiFault:  # deleted: the URL no longer works
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=media.data, headers={"Content-Type": media.mime_type})
 
     # ---- Gemini
 
@@ -1524,29 +1619,39 @@ class Sim:
             return _json_response(200, projected[0], headers)
         return _json_response(status, projected, headers)
 
+    def _rpc(self, call: Call) -> web.Response:
+        """``/rest/v1/rpc/{fn}``: ``echo`` answers its arguments, ``count_rows`` a table's row count."""
+        request, fn = call.request, call.params["fn"]
+        args: Any = dict(request.query) if request.method in ("GET", "HEAD") else None
+        if args is None:
+            try:
+                args = json.loads(call.body) if call.body else {}
+            except (ValueError, UnicodeDecodeError):
+                args = None
+        try:
+            if not isinstance(args, dict):
+                raise RestError("PGRST102")
+            if fn == "echo":
+                return _json_response(200, args, _POSTGREST_HEADERS)
+            if fn == "count_rows" and isinstance(args.get("table"), str) and args["table"]:
+                return _json_response(200, len(self.tables.get(args["table"])), _POSTGREST_HEADERS)
+            named = ", ".join(sorted(args))
+            raise RestError(
+                "PGRST202", f"Could not find the function public.{fn}({named}) in the schema cache", "Searched for "
+                f"the function public.{fn} with parameters {named or '(none)'}; the sim has echo and count_rows(table)"
+            )
+        except RestError as exc:
+            return exc.response()
+
     def _auth_user(self, call: Call) -> web.Response:
+        """The user of a sim-issued access token; any other token gets a user derived from it."""
         token = _bearer(call.request) or ""
+        signed = self.accounts.user_for(token)
+        if signed is not None:
+            return _json_response(200, signed)
         uid = uuid.UUID(bytes=hashlib.sha256(token.encode()).digest()[:16], version=4)
         stamp = EPOCH.isoformat().replace("+00:00", "Z")
-        return _json_response(
-            200,
-            {
-                "id": str(uid),
-                "aud": "authenticated",
-                "role": "authenticated",
-                "email": f"user-{uid.hex[:8]}@example.test",
-                "email_confirmed_at": stamp,
-                "phone": "",
-                "confirmed_at": stamp,
-                "last_sign_in_at": stamp,
-                "app_metadata": {"provider": "email", "providers": ["email"]},
-                "user_metadata": {},
-                "identities": [],
-                "created_at": stamp,
-                "updated_at": stamp,
-                "is_anonymous": False,
-            },
-        )
+        return _json_response(200, user_json(str(uid), f"user-{uid.hex[:8]}@example.test", stamp))
 
     # ---- control
 
@@ -1589,10 +1694,16 @@ def _segments(path: str) -> list[str]:
 
 def _route_graph(method: str, path: str) -> tuple[str, dict[str, str]]:
     parts = _segments(path)
-    if method == "POST" and len(parts) == 3 and parts[2] == "messages":
-        return "send_message", {"version": parts[0], "phone_id": parts[1]}
-    if method == "GET" and len(parts) == 2:
-        return "media_url", {"version": parts[0], "media_id": parts[1]}
+    if len(parts) == 3:
+        params = {"version": parts[0], "phone_id": parts[1]}
+        if method == "POST" and parts[2] == "messages":
+            return "send_message", params
+        if method == "POST" and parts[2] == "media":
+            return "media_upload", params
+        if method in ("GET", "POST") and parts[2] == "whatsapp_business_profile":
+            return "business_profile", params
+    if len(parts) == 2 and method in ("GET", "DELETE"):
+        return "media_url" if method == "GET" else "media_delete", {"version": parts[0], "media_id": parts[1]}
     return OTHER, {}
 
 
@@ -1611,6 +1722,10 @@ def _route_gemini(method: str, path: str) -> tuple[str, dict[str, str]]:
             return "generate", params
         if method == "POST" and verb == "streamGenerateContent":
             return "stream", params
+        if method == "POST" and verb == "countTokens":
+            return "count_tokens", params
+        if method == "POST" and verb in ("embedContent", "batchEmbedContents"):
+            return "embed", {**params, "verb": verb}
         return OTHER, {}
     if method == "GET" and len(parts) in (2, 3) and parts[1] == "models":
         return "models", {"version": parts[0], **({"model": parts[2]} if len(parts) == 3 else {})}
@@ -1619,13 +1734,42 @@ def _route_gemini(method: str, path: str) -> tuple[str, dict[str, str]]:
 
 def _route_supabase(method: str, path: str) -> tuple[str, dict[str, str]]:
     parts = _segments(path)
+    if len(parts) == 4 and parts[:3] == ["rest", "v1", "rpc"] and method in ("GET", "HEAD", "POST"):
+        return "rpc", {"fn": parts[3]}
     if len(parts) == 3 and parts[:2] == ["rest", "v1"]:
         if method in ("GET", "HEAD"):
             return "rest_read", {"table": parts[2]}
         if method in ("POST", "PATCH", "PUT", "DELETE"):
             return "rest_write", {"table": parts[2]}
-    if method == "GET" and parts == ["auth", "v1", "user"]:
-        return "auth_user", {}
+    if parts[:2] == ["auth", "v1"] and len(parts) == 3:
+        route = {("GET", "user"): "auth_user", ("POST", "token"): "auth_token", ("POST", "logout"): "auth_logout"}
+        found = route.get((method, parts[2]))
+        return (found, {}) if found else (OTHER, {})
+    if parts[:2] == ["storage", "v1"]:
+        return _route_storage(method, parts[2:])
+    return OTHER, {}
+
+
+def _route_storage(method: str, parts: list[str]) -> tuple[str, dict[str, str]]:
+    """Storage's paths, after ``/storage/v1``: bucket, object list, object (by bucket and key)."""
+    if parts[:1] == ["bucket"] and len(parts) <= 2 and method in ("GET", "POST"):
+        return "storage_bucket", ({"bucket": parts[1]} if len(parts) == 2 else {})
+    if parts[:2] == ["object", "list"] and len(parts) == 3 and method == "POST":
+        return "storage_list", {"bucket": parts[2]}
+    if parts[:1] != ["object"]:
+        return OTHER, {}
+    if len(parts) == 2 and method == "DELETE":
+        return "storage_delete", {"bucket": parts[1]}
+    rest = parts[1:]
+    if rest[:1] in (["authenticated"], ["public"]) and method in ("GET", "HEAD"):
+        rest = rest[1:]
+    if len(rest) < 2:
+        return OTHER, {}
+    params = {"bucket": rest[0], "key": "/".join(rest[1:])}
+    if method in ("GET", "HEAD"):
+        return "storage_download", params
+    if method in ("POST", "PUT"):
+        return "storage_upload", params
     return OTHER, {}
 
 

@@ -10,13 +10,34 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["MinuteWindow"]
+__all__ = ["LATENCY_BOUNDS", "MinuteWindow", "latency_bin", "percentile_ms"]
 
 # Latency bucket upper bounds in seconds: 1 ms .. ~65 s, doubling every 2 steps (~41% apart).
 _BOUNDS = tuple(0.001 * (2 ** (i / 2)) for i in range(33))
+LATENCY_BOUNDS = _BOUNDS
+"""Upper bounds (seconds) of the latency histogram bins; one more bin holds what is above the last."""
+
+
+def latency_bin(seconds: float) -> int:
+    """The histogram bin of a latency of ``seconds`` (0 .. len(LATENCY_BOUNDS))."""
+    return bisect.bisect_left(_BOUNDS, seconds)
+
+
+def percentile_ms(hist: Sequence[int], count: int, q: float) -> float | None:
+    """The ``q`` quantile of a latency histogram, in ms: the upper bound of the bin it falls in
+    (twice the last bound for the overflow bin). None when ``count`` is 0."""
+    if count == 0:
+        return None
+    rank, seen = q * count, 0
+    for index, n in enumerate(hist):
+        seen += n
+        if seen >= rank and n:
+            bound = _BOUNDS[index] if index < len(_BOUNDS) else _BOUNDS[-1] * 2
+            return round(bound * 1000, 1)
+    return None
 
 
 class MinuteWindow:
@@ -46,7 +67,7 @@ class MinuteWindow:
         """Count one request of ``seconds``; ``error`` names its failure (None: it succeeded)."""
         index = self._slot()
         self._count[index] += 1
-        self._hist[index][bisect.bisect_left(_BOUNDS, seconds)] += 1
+        self._hist[index][latency_bin(seconds)] += 1
         if error is not None:
             self._errors[index] += 1
             self.last_error = error
@@ -65,22 +86,10 @@ class MinuteWindow:
         return {
             "requests": count,
             "errors": errors,
-            "p50_ms": self._percentile(merged, count, 0.50),
-            "p95_ms": self._percentile(merged, count, 0.95),
+            "p50_ms": percentile_ms(merged, count, 0.50),
+            "p95_ms": percentile_ms(merged, count, 0.95),
             "last_error": self.last_error,
             "last_error_at": (
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_error_at)) if self.last_error_at else None
             ),
         }
-
-    @staticmethod
-    def _percentile(hist: list[int], count: int, q: float) -> float | None:
-        if count == 0:
-            return None
-        rank, seen = q * count, 0
-        for index, n in enumerate(hist):
-            seen += n
-            if seen >= rank and n:
-                bound = _BOUNDS[index] if index < len(_BOUNDS) else _BOUNDS[-1] * 2
-                return round(bound * 1000, 1)
-        return None

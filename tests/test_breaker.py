@@ -148,6 +148,33 @@ def test_a_probe_holds_its_slot_one_recovery_interval_then_another_may_go():
     assert breaker.state == CLOSED
 
 
+def test_a_stuck_probes_timeout_does_not_reopen_while_a_later_probe_is_in_flight():
+    breaker, clock, transitions = make()
+    trip(breaker)
+    clock.advance(10)
+    stuck = breaker.acquire()
+    clock.advance(10)
+    later = breaker.acquire()
+    stuck.record(TIMEOUT)  # the first probe's try times out: the later one will decide
+    assert breaker.state == HALF_OPEN
+    later.record(OK)
+    assert breaker.state == CLOSED
+    assert transitions[-1] == (HALF_OPEN, CLOSED)
+
+
+def test_a_failure_from_a_try_older_than_a_success_is_not_counted():
+    breaker, clock, _ = make()
+    stalled = [breaker.acquire() for _ in range(3)]  # three tries sent into a stall
+    clock.advance(1)
+    breaker.acquire().record(OK)  # the upstream answers a later try
+    clock.advance(7)
+    for permit in stalled:
+        permit.record(TIMEOUT)  # the stalled tries time out: old news
+    assert breaker.failures == 0 and breaker.state == CLOSED
+    try_once(breaker, E503)
+    assert breaker.failures == 1
+
+
 def test_each_open_period_is_the_recovery_delay_jittered_by_20_percent():
     waits = []
     for draw in (0.0, 0.25, 0.5, 0.999):

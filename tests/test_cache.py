@@ -354,7 +354,7 @@ async def test_stale_if_error_serves_the_old_answer_within_the_window_only(upstr
     if failure == "503":
         assert body == b'{"code":"PGRST002","message":"schema cache"}'  # the real upstream error
     else:
-        assert json.loads(body)["error"]["code"] in ("upstream_timeout", "upstream_unreachable")
+        assert json.loads(body)["code"] in ("upstream_timeout", "upstream_unreachable")
 
 
 async def test_an_open_breaker_is_answered_stale(upstream_factory, gateway_factory):
@@ -370,7 +370,7 @@ async def test_an_open_breaker_is_answered_stale(upstream_factory, gateway_facto
     status, body, headers = await get(gw, "/supabase/rest/v1/t")
     assert (status, body, headers["x-gateway-cache"]) == (200, b"v1", "STALE")
     status, body, headers = await get(gw, "/supabase/rest/v1/never-cached")
-    assert status == 503 and json.loads(body)["error"]["code"] == "breaker_open"
+    assert status == 503 and json.loads(body)["code"] == "breaker_open"  # PostgREST shape
     assert up.count == 1
 
 

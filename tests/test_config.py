@@ -543,3 +543,17 @@ def test_a_recovery_above_an_inherited_recovery_max_is_the_ceiling_but_one_block
         parse_config(text.replace("{recovery: 30s}", "{recovery: 30s, recovery_max: 10s}"))
     with pytest.raises(ConfigError, match=r"defaults\.breaker: recovery is larger than recovery_max"):
         parse_config("defaults:\n  breaker: {recovery: 3s, recovery_max: 2s}\n" + text)
+
+
+def test_gemini_bodies_default_to_20_mib_under_the_files_defaults():
+    """Gemini takes requests of up to 20 MB (inline data): a built-in kind default, which a
+    ``defaults.limits.max_request_body`` written in the file still overrides (issue 15)."""
+
+    def limits(text: str) -> dict[str, int]:
+        return {up.name: up.limits.max_request_body for up in resolve(parse_config(text, "t.yaml"))}
+
+    ups = "upstreams:\n  g: {url: 'http://127.0.0.1:1', kind: gemini}\n  o: {url: 'http://127.0.0.1:2'}\n"
+    assert limits(ups) == {"g": 20 * 1024**2, "o": 10 * 1024**2}
+    assert limits("defaults: {limits: {max_request_body: 5MiB}}\n" + ups) == {"g": 5 * 1024**2, "o": 5 * 1024**2}
+    shipped = {up.name: up.limits.max_request_body for up in resolve(load_config(str(ROOT / "gateway.yaml")))}
+    assert shipped["gemini"] == 20 * 1024**2 and shipped["graph"] == 10 * 1024**2

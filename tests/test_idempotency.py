@@ -334,7 +334,7 @@ async def test_an_answer_over_the_store_limit_goes_whole_to_the_first_and_is_nev
 @pytest.fixture
 async def redis_pair(upstream_factory, gateway_process, redis_server: RedisServer) -> Any:
     up = await upstream_factory(accepted)
-    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "idem:", timeout: 200ms}}'
+    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "idem:", timeout: 1s}}'
     text = graph_yaml(up.url, extra=extra)
     a, b = gateway_process(text), gateway_process(text)
     async with aiohttp.ClientSession() as session:
@@ -369,7 +369,7 @@ async def test_a_send_in_flight_through_one_replica_is_409_through_the_other(
         return await accepted(request, up)
 
     up = await upstream_factory(slow)
-    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "idem:", timeout: 200ms}}'
+    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "idem:", timeout: 1s}}'
     text = graph_yaml(up.url, extra=extra)
     a, b = gateway_process(text), gateway_process(text)
     async with aiohttp.ClientSession() as session:

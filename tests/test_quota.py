@@ -264,8 +264,12 @@ async def test_rpm_through_the_gateway_and_another_model_unaffected(upstream_fac
     status, headers, body = await generate(gw.session, gw.url)
     assert (status, headers["x-gateway-error"]) == (429, "quota_exhausted")
     assert 55 <= int(headers["Retry-After"]) <= 60
-    error = json.loads(body)["error"]
-    failure = next(d for d in error["details"] if d["@type"].endswith("google.rpc.QuotaFailure"))
+    error = json.loads(body)["error"]  # Google's shape, so google-genai raises its own ClientError
+    assert (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED")
+    types = [d["@type"].rsplit(".", 1)[-1] for d in error["details"]]
+    assert types == ["ErrorInfo", "RetryInfo", "QuotaFailure"]
+    assert error["details"][1]["retryDelay"] == headers["Retry-After"] + "s"
+    failure = error["details"][2]
     assert failure["violations"][0]["quotaDimensions"] == {"model": "flash"}
     assert "rpm" in error["message"] and "flash" in error["message"]
     assert up.count == 2
@@ -334,7 +338,7 @@ async def test_an_upstream_429_closes_the_window_without_reaching_the_upstream_a
 
 async def test_two_processes_on_redis_share_one_quota(upstream_factory, gateway_process, redis_server: RedisServer):
     up = await upstream_factory(gemini_script(tokens=10))
-    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "q:", timeout: 200ms}}'
+    extra = f'cache_store: {{type: redis, url: "{redis_server.url}", prefix: "q:", timeout: 1s}}'
     text = gemini_yaml(up.url, "{key: model, rpm: 4}", extra)
     a, b = gateway_process(text), gateway_process(text)
     async with aiohttp.ClientSession() as session:
