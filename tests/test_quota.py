@@ -349,3 +349,24 @@ async def test_two_processes_on_redis_share_one_quota(upstream_factory, gateway_
             windows = (await r.json())["upstreams"]["gemini"]["quota"]["generate"]
         assert windows["shared"] is True
     assert up.count == 5
+
+
+async def test_google_genai_raises_its_own_error_naming_the_quota(upstream_factory, gateway_factory):
+    """The official SDK, pointed at the gateway, raises its ClientError with Google's fields filled."""
+    genai = pytest.importorskip("google.genai")
+    from google.genai import errors as genai_errors
+    from google.genai import types
+
+    up = await upstream_factory(gemini_script())
+    gw = await gateway_factory(gemini_yaml(up.url, "{key: model, rpm: 1}"))
+    options = types.HttpOptions(base_url=f"{gw.url}/gemini/", api_version="v1beta")
+    async with genai.Client(api_key="test-key", http_options=options).aio as client:
+        first = await client.models.generate_content(model="gemini-x", contents="hello")
+        assert first.usage_metadata is not None and first.usage_metadata.total_token_count == 100
+        with pytest.raises(genai_errors.ClientError) as info:
+            await client.models.generate_content(model="gemini-x", contents="hello")
+    error = info.value
+    assert (error.code, error.status) == (429, "RESOURCE_EXHAUSTED")
+    failure = next(d for d in error.details["error"]["details"] if d["@type"].endswith("QuotaFailure"))
+    assert failure["violations"][0]["quotaDimensions"] == {"model": "gemini-x"}
+    assert up.count == 1
