@@ -7,13 +7,15 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``config``: gateway.yaml → validated models → finished per-route policies
 - ``hygiene``: refusals and header filters;  ``routing``: prefixes and path patterns
 - ``proxy``: the request path;  ``retry``: when to try again;  ``outcomes``: what a try came to
+- ``idempotency``: Idempotency-Key claims, replays and what an outcome keeps (memory or Redis)
 - ``cache``: HTTP cache rules, keys, collapsing;  ``cachestore``: where entries live (memory)
 - ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
+- ``quota``: Gemini's per-model rpm, tpm and rpd, kept before Google enforces them
 - ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
 - ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 - ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history
-- ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``): ``gateway sim``
+- ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``, ``simlimits``): ``gateway sim``
 - ``simgen``: the scenario suite's generated fault schedules
 """
 

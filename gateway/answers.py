@@ -10,7 +10,8 @@ errors. Each answer carries ``x-gateway-error: CODE``, ``Content-Type: applicati
     generic    no route, ``kind: generic``, admin, raw     {"error": {"code", "message", "upstream",
                                                             "attempts", "retry_after_s"}}
     gemini     ``kind: gemini``                             google.rpc: {"error": {"code", "message",
-                                                            "status", "details": [ErrorInfo, RetryInfo]}}
+                                                            "status", "details": [ErrorInfo, RetryInfo,
+                                                            the error's own details (QuotaFailure)]}}
     graph      ``kind: graph``                              Meta: {"error": {"message", "type", "code",
                                                             "error_subcode", "is_transient",
                                                             "fbtrace_id", "error_data": {"details"}}}
@@ -242,6 +243,7 @@ def _gemini(error: GatewayError, row: Mapping, wait: int | None, request_id: str
     ]
     if wait is not None:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait}s"})
+    details.extend(error.details)  # the error's own (a quota_exhausted's QuotaFailure)
     body = {"code": error.status, "message": _text(error), "status": row.google, "details": details}
     return {"error": body}
 

@@ -26,11 +26,14 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from yarl import URL
@@ -270,6 +273,11 @@ class Retry(Model):
     retry_after: RetryAfter = RetryAfter()
     budget: Budget = Budget()
     max_replay_body: Size = 1024**2
+    waits: dict[Outcome, Duration] = Field(
+        {},
+        description="the wait before retrying an outcome whose answer names none (no Retry-After), "
+        "instead of backoff: Meta's pair rate limit, code:131056, wants about 6s",
+    )
 
 
 class Breaker(Model):
@@ -297,12 +305,89 @@ class Limits(Model):
     max_request_body: Size = 10 * 1024**2
 
 
+_JSON_POINTER = re.compile(r"(/([^~/]|~[01])*)+")
+
+
+def _limit_key(value: object) -> object:
+    """``name`` (a path parameter), ``header:NAME`` or ``body:/json/pointer`` (RFC 6901)."""
+    if not isinstance(value, str):
+        return value
+    kind, colon, rest = value.partition(":")
+    if colon and kind == "header":
+        if not _HEADER_NAME.fullmatch(rest):
+            raise _error("key", f"expected header:NAME with a header name after 'header:', got {shown(value)}")
+    elif colon and kind == "body":
+        if not _JSON_POINTER.fullmatch(rest):
+            raise _error("key", f"expected body:/json/pointer (like 'body:/to'), got {shown(value)}")
+    elif colon or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise _error("key", f"expected a path parameter name, header:NAME or body:/json/pointer, got {shown(value)}")
+    return value
+
+
 class RateLimit(Model):
     rate: Rate
     burst: int | None = Field(None, ge=1)
-    key: str | None = None
+    key: Annotated[str, BeforeValidator(_limit_key)] | None = Field(
+        None, description="a path parameter name, header:NAME (its value's digest) or body:/json/pointer"
+    )
     max_wait: Duration = 0.0
     scope: Literal["local", "global"] = "local"
+    missing: Literal["share", "skip"] = Field(
+        "share",
+        description="a request whose key has no value (no such header, no such body field): share one bucket "
+        "keyed '-' (the contract's rule), or skip this limit (read receipts carry no 'to')",
+    )
+
+
+def _one_or_list(value: object) -> str:
+    return "list" if isinstance(value, (list, tuple)) else "one"
+
+
+# ``rate_limit``: one block, or a list of blocks that must all pass. The tags name the branch in
+# validation errors; ``_path`` drops them, so a mistake reads ``rate_limit.rate`` or ``rate_limit[1].rate``.
+_RATE_LIMIT_TAGS = frozenset({"one", "list"})
+RateLimits = Annotated[
+    Annotated[RateLimit, Tag("one")] | Annotated[tuple[RateLimit, ...], Tag("list")],
+    Discriminator(_one_or_list),
+]
+
+
+class Idempotency(Model):
+    """Contract §2 ``idempotency`` (route, writes only): the IETF draft's Idempotency-Key."""
+
+    header: str = "Idempotency-Key"
+    ttl: Duration = 24 * 3600.0
+    required: bool = False
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_NAME.fullmatch(value):
+            raise _error("header", f"{shown(value)} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+        return value
+
+    @field_validator("ttl")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 1:
+            raise _error("duration", "ttl must be at least 1s")
+        return value
+
+
+class Quota(Model):
+    """Contract §2 ``quota`` (route, ``kind: gemini``): Google's per-model limits, kept before Google does."""
+
+    key: str | None = Field(None, description="a path parameter: one quota per value (the model)")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute (usageMetadata.totalTokenCount)")
+    rpd: int | None = Field(None, ge=1, description="requests per day; the day ends at midnight America/Los_Angeles")
+    max_wait: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Quota:
+        if self.rpm is None and self.tpm is None and self.rpd is None:
+            raise _error("quota", "set at least one of rpm, tpm, rpd")
+        return self
 
 
 class Cache(Model):
@@ -356,9 +441,18 @@ class Route(Model):
     breaker: Breaker | None = None
     fault: Fault | None = None
     cache: Cache | None = None
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimits | None = None
+    idempotency: Idempotency | None = None
+    quota: Quota | None = None
     invalidates: tuple[Pattern, ...] = ()
     invalidation: Literal["soft", "hard"] = "soft"
+
+    @property
+    def rate_limits(self) -> tuple[RateLimit, ...]:
+        """``rate_limit`` as a tuple: empty, one block, or the list."""
+        if self.rate_limit is None:
+            return ()
+        return self.rate_limit if isinstance(self.rate_limit, tuple) else (self.rate_limit,)
 
 
 class Upstream(Policies):
@@ -492,9 +586,11 @@ class RoutePolicy:
     limits: Limits
     fault: Fault | None
     cache: Cache | None
-    rate_limit: RateLimit | None
+    rate_limit: tuple[RateLimit, ...]  # every one must pass (contract: one block, or a list)
     invalidates: tuple[PathPattern, ...]
     invalidation: str = "soft"  # soft: mark entries (served only STALE on error); hard: delete them
+    idempotency: Idempotency | None = None
+    quota: Quota | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +647,7 @@ def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
             limits=merge(merge(merge(Limits(), KIND_LIMITS.get(up.kind)), d.limits), up.limits),
             fault=up.fault if up.fault is not None else d.fault,
             cache=None,
-            rate_limit=None,
+            rate_limit=(),
             invalidates=(),
         )
         result.append(
@@ -586,9 +682,11 @@ def _route_policy(upstream: RoutePolicy, route: Route, index: int) -> RoutePolic
         breaker=merge(upstream.breaker, route.breaker),
         fault=route.fault if route.fault is not None else upstream.fault,
         cache=route.cache,
-        rate_limit=route.rate_limit,
+        rate_limit=route.rate_limits,
         invalidates=tuple(PathPattern.compile(p) for p in route.invalidates),
         invalidation=route.invalidation,
+        idempotency=route.idempotency,
+        quota=route.quota,
     )
 
 
@@ -640,7 +738,7 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
+    for part in _untagged(loc):
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -649,6 +747,11 @@ def _path(loc: tuple[Any, ...]) -> str:
                 text = shown(text)
             out += ("." if out else "") + text
     return out or "(top level)"
+
+
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without the branch tags of ``rate_limit``'s one-or-list union."""
+    return tuple(p for i, p in enumerate(loc) if not (p in _RATE_LIMIT_TAGS and i and loc[i - 1] == "rate_limit"))
 
 
 def interpolate(
@@ -717,6 +820,8 @@ def _describe(error: Any) -> str:
         return f"{loc[:-6]}: names use a-z, 0-9, '_' and '-', got {shown(value)}"
     if kind == "missing":
         return f"{loc}: required key is missing"
+    if kind == "model_type" and loc.endswith("rate_limit"):
+        return f"{loc}: expected a block like {{rate: 10/s}} or a list of them, got {shown(value)}"
     if kind in {
         "duration",
         "size",
@@ -729,6 +834,8 @@ def _describe(error: Any) -> str:
         "prefix",
         "header",
         "query_name",
+        "key",
+        "quota",
     }:
         return f"{loc}: {msg}"
     return f"{loc}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
@@ -737,7 +844,7 @@ def _describe(error: Any) -> str:
 def _unknown_key_hint(error: Any) -> str:
     """For an unknown key, list the keys allowed at that place."""
     annotation: Any = Config
-    for part in error["loc"][:-1]:
+    for part in _untagged(error["loc"])[:-1]:
         annotation = _step(annotation, part)
     for arg in (annotation, *getattr(annotation, "__args__", ())):  # Optional[Model]
         fields = getattr(arg, "model_fields", None)
@@ -801,15 +908,17 @@ def _cross_checks(config: Config) -> list[str]:
                 problems.append(f"{here}.name: route name {route_name!r} is used twice in upstream {name!r}")
             seen_routes.add(route_name)
             params = PathPattern.compile(route.match.path).params
-            rl = route.rate_limit
-            if rl is not None:
-                if rl.key is not None and rl.key not in params:
+            listed = isinstance(route.rate_limit, tuple)
+            for j, rl in enumerate(route.rate_limits):
+                where = f"{here}.rate_limit[{j}]" if listed else f"{here}.rate_limit"
+                if rl.key is not None and ":" not in rl.key and rl.key not in params:
                     problems.append(
-                        f"{here}.rate_limit.key: {shown(rl.key)} is not a parameter of the route's path "
+                        f"{where}.key: {shown(rl.key)} is not a parameter of the route's path "
                         f"{route.match.path!r} (parameters: {', '.join(params) or 'none'})"
                     )
                 if rl.scope == "global" and not redis:
-                    problems.append(f"{here}.rate_limit.scope: 'global' needs cache_store.type redis")
+                    problems.append(f"{where}.scope: 'global' needs cache_store.type redis")
+            problems += _route_extras(here, route, up.kind, params)
             for j, inv in enumerate(route.invalidates):
                 missing = [p for p in PathPattern.compile(inv).params if p not in params]
                 if missing:
@@ -837,6 +946,30 @@ def _cross_checks(config: Config) -> list[str]:
                     where += f" route {policy.name!r}"
                 if policy.retry.backoff.base > policy.retry.backoff.max:
                     problems.append(f"{where}: retry.backoff.base is larger than retry.backoff.max")
+    return problems
+
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _route_extras(here: str, route: Route, kind: str, params: tuple[str, ...]) -> list[str]:
+    """Where ``idempotency`` and ``quota`` may be written."""
+    problems = []
+    reads = sorted(_READ_METHODS & set(route.match.methods))
+    if route.idempotency is not None and reads:
+        problems.append(
+            f"{here}.idempotency: applies to writes only; the route also matches {', '.join(reads)} "
+            "(write the idempotency block on a route that matches POST, PUT, PATCH or DELETE)"
+        )
+    quota = route.quota
+    if quota is not None:
+        if kind != "gemini":
+            problems.append(f"{here}.quota: needs kind: gemini (tokens are read from Gemini's usageMetadata)")
+        if quota.key is not None and quota.key not in params:
+            problems.append(
+                f"{here}.quota.key: {shown(quota.key)} is not a parameter of the route's path "
+                f"{route.match.path!r} (parameters: {', '.join(params) or 'none'})"
+            )
     return problems
 
 

@@ -12,10 +12,15 @@
     ├── UpstreamReset                 502 upstream_reset
     ├── UpstreamTimeout               504 upstream_timeout
     ├── FaultInjected                 (configured) fault_injected
-    └── Draining                      503 draining
+    ├── Draining                      503 draining
+    ├── IdempotencyConflict           409 idempotency_conflict
+    ├── IdempotencyMismatch           422 idempotency_mismatch
+    └── QuotaExhausted                429 quota_exhausted
     ConfigError                       gateway.yaml is not valid; carries every problem found
 
 ``gateway.answers`` renders a GatewayError in the upstream's own error format (contract §3).
+``details`` holds extra google.rpc detail objects an error carries (the ``QuotaFailure`` of a
+``quota_exhausted``); the Gemini format appends them to the ones it writes itself.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ __all__ = [
     "Draining",
     "FaultInjected",
     "GatewayError",
+    "IdempotencyConflict",
+    "IdempotencyMismatch",
     "NoRoute",
     "Overloaded",
+    "QuotaExhausted",
     "RateLimited",
     "RequestTimeout",
     "UpstreamReset",
@@ -55,12 +63,14 @@ class GatewayError(Exception):
         retry_after: float | None = None,
         status: int | None = None,
         code: str | None = None,
+        details: tuple[dict[str, object], ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.upstream = upstream
         self.attempts = attempts
         self.retry_after = retry_after
+        self.details = details
         if status is not None:
             self.status = status  # type: ignore[misc]  # instance override (fault_injected)
         if code is not None:
@@ -138,6 +148,24 @@ class Draining(GatewayError):
     """The request arrived after the gateway stopped taking new work."""
 
     code, status = "draining", 503
+
+
+class IdempotencyConflict(GatewayError):
+    """A request with the same Idempotency-Key is still in flight."""
+
+    code, status = "idempotency_conflict", 409
+
+
+class IdempotencyMismatch(GatewayError):
+    """The Idempotency-Key was first used with another request (method, path or body)."""
+
+    code, status = "idempotency_mismatch", 422
+
+
+class QuotaExhausted(GatewayError):
+    """A ``quota`` window (rpm, tpm, rpd) has no room within ``max_wait``."""
+
+    code, status = "quota_exhausted", 429
 
 
 class ConfigError(Exception):

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
+    from .quota import QuotaKeeper
 
 __all__ = ["CONTENT_TYPE", "Metrics", "method_label"]
 
@@ -145,6 +146,14 @@ class Metrics:
         for reason in ("max_connections", "evicted", "header_timeout"):
             self.connections_closed.labels(reason)
             self.admin_connections_closed.labels(reason)
+        self.idempotency = Counter(
+            "gateway_idempotency_total",
+            "Writes with an Idempotency-Key, by result: new (forwarded), replayed (the kept answer), conflict "
+            "(409, the first still in flight), mismatch (422, another request), released (the outcome proved "
+            "the request was not processed: a repeat is forwarded).",
+            ["upstream", "route", "result"],
+            registry=r,
+        )
         r.register(_Tasks())
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, … (Linux /proc)
 
@@ -165,6 +174,10 @@ class Metrics:
     def watch_cache(self, source: Callable[[], tuple[int, int]]) -> None:
         """Export ``gateway_cache_entries`` and ``gateway_cache_bytes`` from ``source()``, read at scrape time."""
         self.registry.register(_CacheSize(source))
+
+    def watch_quotas(self, source: Callable[[], Iterable[tuple[str, str, QuotaKeeper]]]) -> None:
+        """Export ``gateway_quota_remaining`` from the (upstream, route, keeper) ``source`` returns."""
+        self.registry.register(_QuotaRemaining(source))
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -226,6 +239,24 @@ class _CacheSize(Collector):
         yield GaugeMetricFamily(
             "gateway_cache_bytes", "Bytes held by the cache store (bodies, headers, bookkeeping).", value=size
         )
+
+
+class _QuotaRemaining(Collector):
+    """``gateway_quota_remaining{upstream,route,key,window}``: read from the quota keepers when scraped."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, str, QuotaKeeper]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gateway_quota_remaining",
+            "Room left in a quota window (rpm, tpm, rpd) for a key value (the model), as this replica last saw it.",
+            labels=["upstream", "route", "key", "window"],
+        )
+        for upstream, route, keeper in self.source():
+            for key, window, left, _limit in keeper.remaining():
+                family.add_metric([upstream, route, key, window], left)
+        yield family
 
 
 class _Tasks(Collector):

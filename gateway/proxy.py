@@ -1,7 +1,8 @@
 """The proxy handler: the request path, read top to bottom.
 
-    hygiene → route → body size → cache (GET/HEAD on a route with ``cache:``)
-            → fault → rate limit → breaker → bulkhead
+    hygiene → route → body size → idempotency key (a write on a route with ``idempotency:``)
+            → cache (GET/HEAD on a route with ``cache:``)
+            → fault → rate limits → quota → breaker → bulkhead
             → tries (retry loop; one breaker sample per try) → relay, or store and answer
             → on a 2xx write: invalidate cached entries
 
@@ -66,9 +67,12 @@ from .hygiene import check_request, request_headers, response_headers
 from .logs import access_log, event, log, redact_query
 from .metrics import method_label
 from .outcomes import Outcome
+from .ratelimit import acquire_all, route_keys
 
 if TYPE_CHECKING:
     from .breaker import Permit
+    from .idempotency import Claim
+    from .quota import TokenMeter
     from .runtime import Route, Runtime, Upstream
     from .server import State
 
@@ -111,6 +115,7 @@ class Exchange:
     source: str = "gateway"
     headers_sent_at: float | None = None
     answer_format: str | None = None  # the upstream's error format for the gateway's own answers
+    replayed: bool = False  # an answer kept under an Idempotency-Key
 
 
 @dataclass(slots=True)
@@ -201,6 +206,13 @@ class RequestBody:
             raise ClientGone("the client closed the connection before the end of its body") from None
 
     @property
+    def held(self) -> bytes | None:
+        """The whole body when it is in memory (``b""`` for none); None when it streams."""
+        if self.data is not None:
+            return self.data
+        return None if self._request is not None and self._request.body_exists else b""
+
+    @property
     def replayable(self) -> bool:
         """Whether another try can send the same body: bytes, or a stream not yet started."""
         return self.data is not None or not self.started
@@ -260,6 +272,7 @@ class Call:
     ex: Exchange
     request: web.BaseRequest | None = None  # None for a background refresh, which has ``outgoing`` set
     outgoing: CIMultiDict[str] | None = None
+    meter: TokenMeter | None = None  # reads the answer's token count for a ``quota``
 
     @property
     def headers(self) -> CIMultiDict[str]:
@@ -336,6 +349,18 @@ class Proxy:
             ex,
             request,
         )
+        if route.idempotency is not None and request.method not in _READS:
+            labels = (self.metrics.idempotency, upstream.name, policy.name)
+            claim = await route.idempotency.claim(
+                request.method,
+                raw_target,
+                request.headers,
+                body.held,
+                deadline - time.monotonic(),
+                lambda result: self.metrics.child(*labels, result).inc(),
+            )
+            if claim is not None:
+                return await self._kept(request, call, claim)
         if policy.cache is not None:
             if request.method in _READS:
                 return await self._cached(request, call, policy.cache)
@@ -358,25 +383,33 @@ class Proxy:
 
     @contextlib.asynccontextmanager
     async def _upstream(self, call: Call) -> AsyncIterator[Attempt]:
-        """fault → rate limit → breaker → bulkhead → tries. Yields the last try; its bulkhead slot
-        and breaker permit are held until the caller has relayed (or read) its answer."""
+        """fault → rate limits → quota → breaker → bulkhead → tries. Yields the last try; its
+        bulkhead slot and breaker permit are held until the caller has relayed (or read) its answer;
+        then the quota is charged what the exchange cost."""
         upstream, route = call.upstream, call.route
         if route.fault is not None:
             await route.fault.apply(upstream.name, call.deadline - time.monotonic())
-        if route.limiter is not None:
-            rate = route.policy.rate_limit
-            key = rate.key if rate is not None else None
-            await route.limiter.acquire(call.params.get(key) if key else None, upstream.name)
+        if route.limiter:
+            keys = route_keys(route.limiter, call.params, call.client_headers, call.body.held)
+            await acquire_all(keys, upstream.name)
+        quota = route.quota
+        ticket = None if quota is None else await quota.admit(quota.key_of(call.params), upstream.name)
+        call.meter = None if ticket is None else ticket.meter
         permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
         upstream.inflight += 1
         self.metrics.child(self.metrics.inflight, upstream.name).inc()
+        last: Attempt | None = None
         try:
             async with upstream.bulkhead.slot(upstream.name):
-                yield await self._tries(call, permit)
+                last = await self._tries(call, permit)
+                yield last
         finally:
             permit.release()  # a no-op once the try recorded its outcome
             upstream.inflight -= 1
             self.metrics.child(self.metrics.inflight, upstream.name).dec()
+            if ticket is not None:
+                status = last.response.status if last is not None and last.response is not None else None
+                await ticket.settle(call.ex.attempts, status, last.peeked if last is not None else b"")
 
     async def _tries(self, call: Call, permit: Permit) -> Attempt:
         """The retry loop: try, ask the retry policy, wait, try again; return the last try.
@@ -499,6 +532,8 @@ class Proxy:
             ex.headers_sent_at = time.monotonic()
             if attempt.peeked:
                 await response.write(attempt.peeked)
+            if call.meter is not None:
+                call.meter.feed(attempt.peeked)
             while True:
                 try:
                     chunk = await answer.content.readany()
@@ -508,6 +543,8 @@ class Proxy:
                     return response
                 if not chunk:
                     break
+                if call.meter is not None:
+                    call.meter.feed(chunk)
                 async with asyncio.timeout(idle):
                     await response.write(chunk)
             await response.write_eof()
@@ -527,6 +564,44 @@ class Proxy:
         if ex.cache is not None:
             headers["x-gateway-cache"] = ex.cache
         return headers
+
+    # ------------------------------------------------------------------ the idempotency stage
+
+    async def _kept(self, request: web.BaseRequest, call: Call, claim: Claim) -> web.StreamResponse:
+        """A write with an Idempotency-Key: replay what the key kept, or forward it and keep what
+        its outcome proves (``gateway.idempotency``). The answer is read (up to the store's limit)
+        before anything goes to the client, so a client that left still has it kept."""
+        if claim.replay is not None:
+            call.ex.replayed = True
+            if isinstance(claim.replay, GatewayError):
+                raise claim.replay
+            return self._from_shared(call, claim.replay, 0, source="cache")
+        try:
+            async with self._upstream(call) as attempt:
+                answer, timeouts = attempt.response, call.route.policy.timeouts
+                if answer is None:
+                    failure = _failure(attempt, call.upstream.name, call.ex.attempts, timeouts.per_try)
+                    await claim.failed(failure, sent=attempt.sent)
+                    raise failure
+                limit, idle = claim.keeper.limit, timeouts.idle
+                body, whole = await _read_upto(answer, attempt.peeked, limit, idle, call)
+                if call.meter is not None:
+                    call.meter.feed(body)
+                headers = response_headers(answer.headers)
+                await claim.answered(attempt.outcome, answer.status, answer.reason or "", headers, body, whole)
+                if call.upstream.caches and 200 <= answer.status < 300:
+                    await self._invalidate(call)
+                if not whole:
+                    attempt.peeked = body
+                    return await self._relay(request, call, attempt)
+                answer.release()
+                kept = cachemod.Shared(answer.status, answer.reason or "", headers, body, (), "", 0)
+                return self._from_shared(call, kept, call.ex.attempts)
+        except GatewayError as err:
+            await claim.refused(err)  # a refusal of the gateway releases the key; a cut answer keeps it
+            raise
+        finally:
+            await claim.abandon(call.ex.attempts)  # a bug or a cancellation: unknown once a try was made
 
     # ------------------------------------------------------------------ the cache stage
 
@@ -776,6 +851,8 @@ class Proxy:
             headers["x-gateway-attempts"] = str(ex.attempts)
         if ex.cache is not None:
             headers["x-gateway-cache"] = ex.cache
+        if ex.replayed:
+            headers["x-gateway-idempotency"] = "replayed"
         ex.status, ex.error, ex.source = err.status, err.code, "gateway"
         if not ex.attempts and ex.upstream != "-":
             self.metrics.rejected.labels(ex.upstream, err.code).inc()

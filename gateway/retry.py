@@ -3,7 +3,8 @@
 Owns the contract's rule (a)–(e): the outcome is in ``on``; tries remain; the budget allows;
 the wait fits before ``total``; and resending is safe (the method is listed, or nothing reached
 the upstream, or the upstream said it did not process the request). Waits are full-jitter
-exponential backoff, or the upstream's Retry-After when honoured and under ``max``. The budget
+exponential backoff, or the upstream's Retry-After when honoured and under ``max``, or the route's
+``waits`` for an outcome whose answer names no wait (Meta's pair rate, ``code:131056``). The budget
 is a ``SlidingCounts`` window of one-second slots. The loop that runs tries lives in ``gateway.proxy``;
 this module only decides, with an injected clock and random source, so it is tested alone.
 """
@@ -78,19 +79,30 @@ class RetryPolicy:
         self.budget = budget
         self.on = OutcomeSet(config.on)
         self.methods = frozenset(config.methods)
+        self.waits = [(OutcomeSet([token]), wait) for token, wait in config.waits.items()]
         self.rand = rand
 
     def is_safe(self, method: str, outcome: Outcome) -> bool:
         """Rule (e): resending cannot make the upstream act twice."""
         if method in self.methods or outcome.kind == CONNECT_FAILURE:
             return True
+        return self.not_processed(outcome)
+
+    def not_processed(self, outcome: Outcome) -> bool:
+        """Whether the upstream answered that it did not process the request: a 429, a listed
+        ``code:N`` of a graph upstream, a 503/504 PGRST000-003 of a supabase one. A reset or a
+        timeout after the request was sent proves nothing."""
         if outcome.kind != "response":
-            return False  # a reset or timeout after the request may have been processed
+            return False
         if outcome.status == 429:
             return True
         if self.kind == "graph" and self.on.matches_code(outcome):
             return True
         return self.kind == "supabase" and outcome.status in (503, 504) and outcome.code in _PGRST_NOT_REACHED
+
+    def wait_for(self, outcome: Outcome) -> float | None:
+        """The configured ``waits`` entry for ``outcome`` (the first that matches), if any."""
+        return next((wait for tokens, wait in self.waits if tokens.matches(outcome)), None)
 
     def backoff(self, retry_number: int) -> float:
         """Full jitter: uniform in [0, min(max, base × 2^(n-1))] for the n-th retry."""
@@ -116,6 +128,8 @@ class RetryPolicy:
             if retry_after > ra.max:
                 return Decision(False, skipped="retry_after")
             delay = retry_after
+        elif (wait := self.wait_for(outcome)) is not None:
+            delay = wait
         else:
             delay = self.backoff(tries)
         if delay >= remaining:

@@ -3,10 +3,12 @@
 Owns what a request needs besides its own data: the router, and per upstream its pooled
 ``ClientSession`` (one connection pool each, keep-alive, TLS verified, no cookie jar, no
 decompression, no redirects followed), its bulkhead, its circuit breakers (one for the upstream,
-one per route that sets ``breaker:``), its rate limiters, retry budgets and last-minute
-statistics. A reload builds a new ``Runtime`` from the previous one: upstreams whose ``url`` did
-not change keep their session, breakers (with the new settings), budgets, limiters and
-statistics; in-flight requests keep the runtime they started with.
+one per route that sets ``breaker:``), its rate limiters, quota keepers, idempotency keepers,
+retry budgets and last-minute statistics; and the process's idempotency store (memory, or Redis
+with memory as its fallback). A reload builds a new ``Runtime`` from the previous one: upstreams
+whose ``url`` did not change keep their session, breakers (with the new settings), budgets,
+limiters, quotas and statistics; the idempotency store is always kept; in-flight requests keep
+the runtime they started with.
 """
 
 from __future__ import annotations
@@ -17,19 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from cachetools import LRUCache
 from yarl import URL
 
+from . import idempotency
 from .breaker import CircuitBreaker
-from .config import Config, RoutePolicy, UpstreamPolicy, resolve
+from .config import Config, RateLimit, RoutePolicy, UpstreamPolicy, resolve
 from .fault import FaultInjector
 from .limits import Bulkhead
-from .ratelimit import GlobalRateLimiter, RateLimiter
+from .quota import QuotaKeeper, Usage, new_usages
+from .ratelimit import GlobalRateLimiter, Limiter, RateLimiter
 from .redislink import RedisLink
 from .retry import RetryBudget, RetryPolicy
 from .routing import Router
 from .stats import MinuteWindow
 
-__all__ = ["Route", "Runtime", "Upstream"]
+__all__ = ["Route", "Runtime", "Upstream", "build_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +44,11 @@ class Route:
     policy: RoutePolicy
     retry: RetryPolicy
     breaker: CircuitBreaker
-    limiter: RateLimiter | GlobalRateLimiter | None
+    limiter: tuple[Limiter, ...]  # every one must pass (``rate_limit:`` one block or a list)
     fault: FaultInjector | None
     client_timeout: aiohttp.ClientTimeout
+    quota: QuotaKeeper | None = None
+    idempotency: idempotency.Keeper | None = None
 
 
 BreakerHook = Callable[[CircuitBreaker, str, str], None]
@@ -56,9 +63,11 @@ class Upstream:
         previous: Upstream | None = None,
         hook: BreakerHook | None = None,
         link: RedisLink | None = None,
+        keys: idempotency.Store | None = None,
     ) -> None:
         self.policy = policy
         self.link = link
+        self.keys: idempotency.Store | None = keys
         self.name = policy.name
         self.base = str(policy.url).rstrip("/")
         self.inflight = 0
@@ -66,7 +75,8 @@ class Upstream:
         self.session: aiohttp.ClientSession
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
-        self._limiters: dict[tuple[str, Any], RateLimiter | GlobalRateLimiter]
+        self._limiters: dict[tuple[str, int, RateLimit], Limiter]
+        self._usages: LRUCache[str, Usage]  # quota use per key value, shared by the routes
         self.bulkhead: Bulkhead
         self.breakers: dict[str, CircuitBreaker] = {}
         old_breakers: dict[str, CircuitBreaker] = {}
@@ -76,6 +86,7 @@ class Upstream:
             self.stats = previous.stats
             self._budgets = previous._budgets
             self._limiters = previous._limiters
+            self._usages = previous._usages
             old_breakers = previous.breakers
             old = previous.policy.limits
             same = (old.max_concurrent, old.max_queue, old.queue_timeout)
@@ -88,6 +99,7 @@ class Upstream:
             self.stats = MinuteWindow()
             self._budgets = {}
             self._limiters = {}
+            self._usages = new_usages()
             self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         self.routes = tuple(self._route(p, old_breakers) for p in policy.routes)
         self.default = self._route(policy.default, old_breakers)
@@ -114,25 +126,37 @@ class Upstream:
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = RetryBudget(b.percent, b.min_per_second, b.window)
-        limiter = None
-        if policy.rate_limit is not None:
-            limiter_key = (policy.name, policy.rate_limit)
-            limiter = self._limiters.get(limiter_key)
-            if limiter is None:
-                limiter = RateLimiter(policy.rate_limit)
-                if policy.rate_limit.scope == "global" and self.link is not None:
-                    name = f"{self.name}.{policy.name}"
-                    limiter = GlobalRateLimiter(policy.rate_limit, self.link, name, local=limiter)
-                self._limiters[limiter_key] = limiter
+        limiters = tuple(self._limiter(policy.name, i, config) for i, config in enumerate(policy.rate_limit))
+        quota = None
+        if policy.quota is not None:
+            quota = QuotaKeeper(policy.quota, self.name, self.link, usages=self._usages)
+        retry = RetryPolicy(policy.retry, self.policy.kind, budget)
+        keeper = None
+        if policy.idempotency is not None and self.keys is not None:
+            keeper = idempotency.Keeper(policy.idempotency, self.name, policy.name, self.keys, retry)
         t = policy.timeouts
         return Route(
             policy=policy,
-            retry=RetryPolicy(policy.retry, self.policy.kind, budget),
+            retry=retry,
             breaker=self._breaker(policy, old_breakers),
-            limiter=limiter,
+            limiter=limiters,
             fault=FaultInjector(policy.fault) if policy.fault is not None else None,
             client_timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t.connect, sock_read=t.idle),
+            quota=quota,
+            idempotency=keeper,
         )
+
+    def _limiter(self, route: str, index: int, config: RateLimit) -> Limiter:
+        """The limiter of ``config``, kept across reloads while the block is unchanged."""
+        limiter_key = (route, index, config)
+        limiter = self._limiters.get(limiter_key)
+        if limiter is None:
+            limiter = RateLimiter(config)
+            if config.scope == "global" and self.link is not None:
+                name = f"{self.name}.{route}" + (f".{index}" if index else "")
+                limiter = GlobalRateLimiter(config, self.link, name, local=limiter)
+            self._limiters[limiter_key] = limiter
+        return limiter
 
     def url_for(self, path: str, query: str | None) -> URL:
         """The upstream URL for a raw path and raw query, byte for byte (no re-encoding)."""
@@ -183,11 +207,12 @@ class Runtime:
     ) -> None:
         self.config = config
         old = previous.upstreams if previous is not None else {}
+        self.keys: idempotency.Store = previous.keys if previous is not None else build_keys(config, link)
         self.upstreams: dict[str, Upstream] = {}
         for policy in resolve(config):
             before = old.get(policy.name)
             keep = before if before is not None and before.policy.url == policy.url else None
-            self.upstreams[policy.name] = Upstream(policy, keep, hook, link)
+            self.upstreams[policy.name] = Upstream(policy, keep, hook, link, self.keys)
         self.router: Router[Upstream, Route] = Router(
             (
                 up.policy.prefix,
@@ -217,3 +242,17 @@ class Runtime:
         """Close every session (at shutdown)."""
         for up in self.upstreams.values():
             await up.session.close()
+
+    def quotas(self) -> list[tuple[str, str, QuotaKeeper]]:
+        """(upstream, route, keeper) of every route with a ``quota``."""
+        return [(up.name, r.policy.name, r.quota) for up in self.upstreams.values() for r in up.routes if r.quota]
+
+
+def build_keys(config: Config, link: RedisLink | None) -> idempotency.Store:
+    """The process's idempotency store: memory, or Redis with memory as the fallback. Answers are
+    kept up to ``cache_store.max_entry_bytes``; the memory store has the cache's bounds (its own)."""
+    spec = config.cache_store
+    memory = idempotency.MemoryStore(spec.max_entries, spec.max_bytes, spec.max_entry_bytes)
+    if link is None:
+        return memory
+    return idempotency.FallbackStore(idempotency.RedisStore(link, spec.max_entry_bytes), memory)

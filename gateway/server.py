@@ -472,6 +472,7 @@ class Gateway:
         self.state = State(runtime, self.metrics, build_cache(config, self.metrics, self.link))
         self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
         self.metrics.watch_cache(self._cache_size)
+        self.metrics.watch_quotas(lambda: self.state.runtime.quotas())
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
@@ -696,6 +697,9 @@ class Gateway:
             others = [b for b in up.breakers.values() if b is not main]
             snap["route_breakers"] = {b.route: b.state for b in others}
             snap["route_breakers_open_for_s"] = {b.route: _rounded(b.open_for()) for b in others}
+            quotas = {r.policy.name: r.quota.snapshot() for r in up.routes if r.quota is not None}
+            if quotas:
+                snap["quota"] = quotas
             requests, errors = snap["requests"], snap["errors"]
             if (requests >= 5 and errors * 2 >= requests) or snap["breaker"] == "open":
                 degraded = True

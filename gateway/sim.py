@@ -68,6 +68,7 @@ from .sim_auth import Accounts, user_json
 from .sim_common import ApiFault
 from .sim_graph import GraphMedia, business_profile
 from .sim_storage import STORAGE_CODES, Storage, storage_error
+from .simlimits import GeminiLimits, GraphLimits, SimLimits
 from .units import format_duration
 
 __all__ = [
@@ -302,6 +303,7 @@ class GraphRoutes(_Model):
 
 class GraphSim(Behaviour):
     routes: GraphRoutes = Field(default_factory=GraphRoutes)
+    limits: GraphLimits | None = None  # Meta's pair rate (131056) and number throughput (130429)
 
 
 class LookasideRoutes(_Model):
@@ -332,6 +334,7 @@ class GeminiRoutes(_Model):
 class GeminiSim(Behaviour):
     routes: GeminiRoutes = Field(default_factory=GeminiRoutes)
     stream: Stream = Field(default_factory=Stream)
+    limits: GeminiLimits | None = None  # Google's per-model rpm, tpm, rpd (429 with QuotaFailure)
 
 
 class SupabaseRoutes(_Model):
@@ -1292,6 +1295,7 @@ class Sim:
         self.media = GraphMedia(look.media_size, look.mime_type)
         self.accounts = Accounts()
         self.storage = Storage()
+        self.limits = SimLimits(self.scenario.upstreams.graph.limits, self.scenario.upstreams.gemini.limits, self.clock)
         self.plans = {
             (up, route): RoutePlan(up, route, self.scenario.effective(up, route), self.seed)
             for up in UPSTREAMS
@@ -1337,6 +1341,7 @@ class Sim:
             "since_reset_s": round(now - self._reset_at, 3),
             "ports": dict(self.ports),
             **self.stats.as_json(),
+            "limits": self.limits.as_json(),
             "outages": self.outage_windows(),
         }
 
@@ -1373,13 +1378,14 @@ class Sim:
             return _drop(request)
         call = Call(upstream, route, params, request, await request.read())
         message = self.stats.message_received(call.body) if route == "send_message" else None
-        refusal = self._refuse(call)
+        refusal = self._refuse(call) or self.limits.check(upstream, route, params, call.body)
         if refusal is None and decision.error is not None:
             refusal = api_error(_family(upstream, route), decision.error)
         if refusal is not None:
             await asyncio.sleep(decision.latency)
             return self._count(stats, refusal)
         answer = self._answer(call)
+        self.limits.answered(upstream, route, params, answer)
         if message is not None and isinstance(answer, web.Response) and answer.status < 300:
             self.stats.message_delivered(message)  # taken before the answer is sent, as Meta would
         await asyncio.sleep(decision.latency)
@@ -1560,8 +1566,8 @@ class Sim:
             return _json_response(200, self._candidate(model, response_id, text, prompt_tokens, last=True))
         count = self.scenario.upstreams.gemini.stream.events
         chunks = [f"{words[i % len(words)]} " for i in range(count)]
-        payloads = [
-            self._candidate(model, response_id, chunk, prompt_tokens, last=i == count - 1)
+        payloads = [  # usageMetadata is a running total, as Gemini's stream chunks carry
+            self._candidate(model, response_id, chunk, prompt_tokens, i == count - 1, "".join(chunks[: i + 1]))
             for i, chunk in enumerate(chunks)
         ]
         if call.request.query.get("alt") != "sse":
@@ -1570,11 +1576,13 @@ class Sim:
         return SseAnswer(events, self.scenario.upstreams.gemini.stream.interval)
 
     @staticmethod
-    def _candidate(model: str, response_id: str, text: str, prompt_tokens: int, last: bool) -> dict[str, Any]:
+    def _candidate(
+        model: str, response_id: str, text: str, prompt_tokens: int, last: bool, so_far: str | None = None
+    ) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
         if last:
             candidate["finishReason"] = "STOP"
-        out_tokens = max(1, len(text) // 4)
+        out_tokens = max(1, len(so_far if so_far is not None else text) // 4)
         return {
             "candidates": [candidate],
             "usageMetadata": {

@@ -235,7 +235,7 @@ BROKEN = [
         "on_is_not_a_boolean",
         "defaults:\n  retry: {on: [timeout], off: [503]}\n",
         "defaults.retry.off: unknown key (expected one of: attempts, backoff, on, methods, retry_after, "
-        "budget, max_replay_body)",
+        "budget, max_replay_body, waits)",
         subprocess=False,
     ),
 ]
@@ -547,7 +547,9 @@ def test_check_valid_file_prints_the_effective_yaml(checked):
     assert shown["upstreams"]["gemini"]["timeouts"]["total"] == "15s"
     send = shown["upstreams"]["graph"]["routes"][0]
     assert send["retry"]["on"][:2] == ["connect-failure", "429"]
-    assert send["rate_limit"]["rate"] == "80/s"
+    assert [limit["rate"] for limit in send["rate_limit"]] == ["80/s", "9/m"]
+    assert send["rate_limit"][1]["key"] == "body:/to"
+    assert send["idempotency"] == {"header": "Idempotency-Key", "ttl": "24h", "required": False}
 
 
 def test_check_output_is_itself_a_valid_config(checked, tmp_path):

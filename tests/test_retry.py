@@ -174,6 +174,22 @@ async def test_supabase_write_not_retried_after_it_may_have_run(upstream_factory
     assert up.count == 1
 
 
+async def test_the_pair_rate_code_is_retried_after_its_wait_not_after_backoff(upstream_factory, gateway_factory):
+    """Meta's 131056 (pair rate) names no wait; ``retry.waits`` gives the window, and the send goes
+    again once it has passed: Meta did not take the first, so resending delivers once."""
+    up = await upstream_factory(sequence((400, meta_error(131056), None), (200, {"messages": [{"id": "w"}]}, None)))
+    block = GRAPH.format(url=up.url, fast=FAST).replace(
+        '"code:131000"]}', '"code:131000", "code:131056"], waits: {"code:131056": 1200ms}}'
+    )
+    gw = await gateway_factory(gateway_yaml({"graph": block}))
+    start = time.monotonic()
+    async with gw.session.post(f"{gw.url}/graph/v19.0/123/messages", json=SEND) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-gateway-attempts"] == "2"
+    assert time.monotonic() - start >= 1.2  # the configured wait, not the 10-20 ms backoff
+    assert up.count == 2
+
+
 async def test_retry_after_is_honoured(upstream_factory, gateway_factory):
     up = await upstream_factory(sequence((429, "slow down", {"Retry-After": "1"}), (200, "ok", None)))
     gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\nretry: {{{FAST}}}"}))

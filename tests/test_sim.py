@@ -542,7 +542,7 @@ def test_shipped_scenarios_load(name):
         (
             "upstreams: {graph: {latency: {p50: 80ms}, errorz: {rate: 5%}}}",
             "upstreams.graph.errorz: unknown key"
-            " (expected one of: latency, errors, resets, outages, brownouts, routes)",
+            " (expected one of: latency, errors, resets, outages, brownouts, routes, limits)",
         ),
         (
             "upstreams: {graph: {routes: {send: {}}}}",
