@@ -16,9 +16,10 @@ are read at the end of the warm-up and at the end, so upstream requests per requ
 The report (markdown and JSON, layout in bench/README.md): per path and route the median and the worst
 member's success rate, upstream requests per client request, duplicate sends, per half (tuning: ``seeds`` and
 even seeds; held out: odd seeds), and every member where a gateway path loses to direct or to nginx by more
-than the noise margin, measured by replaying the first ``--repeat`` members a second time.
+than the noise margin, measured by replaying the first ``--repeat`` members a second time with the sim's
+random draws reseeded (``suite_report.py`` says how the margin follows from that).
 
-    python bench/fault_replay.py --suite 20                 # seeds + suite:1-19, 4 paths: ~25 min
+    python bench/fault_replay.py --suite 20                 # seeds + suite:1-19, 4 paths, 8 at a time: ~13 min
     python bench/fault_replay.py --suite 20 --holdout       # the held-out half only (odd seeds)
     python bench/fault_replay.py --seeds 101-120 --gateway-config tuned=/tmp/tuned.yaml
     python bench/fault_replay.py --suite 2 --quick          # a smoke test, about a minute
