@@ -50,8 +50,15 @@ def _gateway(request: web.Request) -> Gateway:
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """POSTs need the admin bearer token when one is configured."""
+    """POSTs need the admin bearer token when one is configured, and never come from another site.
+
+    A browser on any web page can send a simple POST to 127.0.0.1:9901 without a preflight; it then
+    sends an ``Origin`` header (and ``Sec-Fetch-Site``). A POST whose Origin is not the admin port's
+    own origin (the status page's), or that a browser marks ``cross-site``, is refused with 403
+    whether or not a token is set; a client that sends neither (curl, scripts) is unaffected."""
     if request.method == "POST":
+        if _cross_site(request):
+            return _error(403, "forbidden", "admin POSTs are not accepted from another origin")
         token = _gateway(request).state.runtime.config.admin.token
         if token:
             given = request.headers.get("Authorization", "")
@@ -61,6 +68,16 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="gateway-admin"'
                 return resp
     return await handler(request)
+
+
+def _cross_site(request: web.Request) -> bool:
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    own = f"{request.scheme}://{request.headers.get('Host', '')}".lower()
+    return origin.strip().lower() != own
 
 
 async def livez(request: web.Request) -> web.Response:

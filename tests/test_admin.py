@@ -69,3 +69,19 @@ def test_refuses_a_non_loopback_admin_host_without_a_token():
         parse_config(text, "g.yaml", env={})
     assert "admin.token: required when admin.listen.host is not loopback" in str(err.value)
     parse_config(text.replace("9901}", "9901}, token: t"), "g.yaml", env={})
+
+
+async def test_admin_posts_from_another_origin_are_refused_even_without_a_token(upstream_factory, gateway_factory):
+    up = await upstream_factory()
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}"}))
+    own = gw.admin  # the status page's origin: http://127.0.0.1:PORT
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        async with gw.session.post(f"{gw.admin}/admin/breakers/api/open", headers=headers) as resp:
+            assert resp.status == 403, headers
+            assert resp.headers["x-gateway-error"] == "forbidden"
+    async with gw.session.get(f"{gw.admin}/admin/breakers") as resp:
+        assert [b["state"] for b in (await resp.json())["breakers"]] == ["closed"]
+    async with gw.session.post(f"{gw.admin}/admin/breakers/api/open", headers={"Origin": own}) as resp:
+        assert resp.status == 200  # the status page itself
+    async with gw.session.post(f"{gw.admin}/admin/breakers/api/reset") as resp:
+        assert resp.status == 200  # curl and scripts send no Origin

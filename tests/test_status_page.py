@@ -245,7 +245,7 @@ async def test_an_incident_as_the_page_shows_it(browser: Browser, incident: tupl
         breaker = page.locator(".breaker[data-breaker='api']")
         assert "closed → open · trip" in await breaker.locator(".transitions").inner_text()
         probe = await breaker.locator("[data-field='next-probe']").inner_text()
-        assert "(in 4 min)" in probe or "(in 5 min)" in probe, probe
+        assert any(f"(in {m} min)" in probe for m in (4, 5, 6)), probe  # recovery 5m ± 20 % jitter
         await eventually(lambda: _at_least(page, "api", "stale-15m", 3), what="STALE count")
         assert (await field_of(page, "api", "stale", "profiles").inner_text()) == "3 / 3"
         assert "breaker open" in await page.locator("[data-chip='api']").inner_text()  # the strip at the top
