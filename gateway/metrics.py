@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
+    from .pool import Pool
 
 __all__ = ["CONTENT_TYPE", "Metrics", "method_label"]
 
@@ -154,6 +155,11 @@ class Metrics:
         """Export ``gateway_cache_entries`` and ``gateway_cache_bytes`` from ``source()``, read at scrape time."""
         self.registry.register(_CacheSize(source))
 
+    def watch_pools(self, source: Callable[[], Iterable[Pool]]) -> None:
+        """Export ``gateway_upstream_connections`` and ``gateway_upstream_warm_connects_total`` for
+        the upstream pools ``source`` returns, read at scrape time."""
+        self.registry.register(_Pools(source))
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
@@ -214,6 +220,34 @@ class _CacheSize(Collector):
         yield GaugeMetricFamily(
             "gateway_cache_bytes", "Bytes held by the cache store (bodies, headers, bookkeeping).", value=size
         )
+
+
+class _Pools(Collector):
+    """Upstream connection pools: open connections by state, and the connections each pool opened by
+    itself (preconnect and keep-warm) by result. A pool a reload replaced starts again from 0."""
+
+    def __init__(self, source: Callable[[], Iterable[Pool]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily(
+            "gateway_upstream_connections",
+            "Connections open to the upstream: idle (pooled, ready) or busy (carrying a request).",
+            labels=["upstream", "state"],
+        )
+        warm = CounterMetricFamily(
+            "gateway_upstream_warm_connects",
+            "Connections the pool opened without a request (preconnect, keep-warm), by result: ok or failed.",
+            labels=["upstream", "result"],
+        )
+        for pool in self.source():
+            idle, busy = pool.counts()
+            open_now.add_metric([pool.name, "idle"], idle)
+            open_now.add_metric([pool.name, "busy"], busy)
+            warm.add_metric([pool.name, "ok"], pool.opened)
+            warm.add_metric([pool.name, "failed"], pool.failed)
+        yield open_now
+        yield warm
 
 
 class _Tasks(Collector):

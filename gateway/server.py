@@ -77,6 +77,8 @@ class State:
 FD_RESERVE = 64
 # A connection that has sent nothing yet may be closed to make room at the limit after this long.
 FRESH_GRACE = 1.0
+# At start, the listeners bind once the upstream pools' preconnects finish, or after this long.
+PRECONNECT_WAIT = 1.0
 
 
 class _Refused(BadHttpMessage):
@@ -368,6 +370,7 @@ class Gateway:
         self.state = State(runtime, self.metrics, build_cache(config, self.metrics, self.link))
         self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
         self.metrics.watch_cache(self._cache_size)
+        self.metrics.watch_pools(lambda: [up.pool for up in self.state.runtime.upstreams.values()])
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
@@ -379,8 +382,10 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Bind both listeners. Raises OSError when a port cannot be bound."""
+        """Preconnect upstream pools (waiting up to PRECONNECT_WAIT), then bind both listeners.
+        Raises OSError when a port cannot be bound."""
         config = self.state.runtime.config
+        await self.state.runtime.start_pools(wait=PRECONNECT_WAIT)
         proxy = Proxy(self.state)
         server = _ProxyServer(
             self._counted(proxy.handle), lambda: self.state.runtime.config.server, self.metrics, access_log=None
@@ -596,6 +601,7 @@ class Gateway:
             self._proxy_server.fd_cap, _ = descriptor_budget(config.server.max_connections)
         changes = _changes(old.config, config)
         self.state.runtime = new
+        await new.start_pools()  # preconnect and keep-warm for the pools this reload made
         await self._drop_cached(old, new)
         self._mtime = _mtime(self.path)
         configure(config.log.level, config.log.format, config.log.access_log)
