@@ -9,7 +9,8 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``proxy``: the request path;  ``retry``: when to try again;  ``outcomes``: what a try came to
 - ``cache``: HTTP cache rules, keys, collapsing;  ``cachestore``: where entries live (memory)
 - ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
-- ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
+- ``runtime``: per-config state (pools, budgets);  ``pool``: upstream connections, TLS, egress proxy
+- ``server``: listeners, drain, reload
 - ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 - ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``): ``gateway sim``

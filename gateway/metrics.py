@@ -156,8 +156,8 @@ class Metrics:
         self.registry.register(_CacheSize(source))
 
     def watch_pools(self, source: Callable[[], Iterable[Pool]]) -> None:
-        """Export ``gateway_upstream_connections`` and ``gateway_upstream_warm_connects_total`` for
-        the upstream pools ``source`` returns, read at scrape time."""
+        """Export ``gateway_upstream_connections``, ``gateway_upstream_warm_connects_total`` and
+        ``gateway_upstream_closed_idle_total`` for the pools ``source`` returns, read at scrape time."""
         self.registry.register(_Pools(source))
 
     def render(self) -> bytes:
@@ -240,14 +240,22 @@ class _Pools(Collector):
             "Connections the pool opened without a request (preconnect, keep-warm), by result: ok or failed.",
             labels=["upstream", "result"],
         )
+        early = CounterMetricFamily(
+            "gateway_upstream_closed_idle",
+            "Idle connections the upstream closed before pool.idle_timeout (seen by keep-warm): its own "
+            "idle limit is shorter, and idle_timeout should go below it.",
+            labels=["upstream"],
+        )
         for pool in self.source():
             idle, busy = pool.counts()
             open_now.add_metric([pool.name, "idle"], idle)
             open_now.add_metric([pool.name, "busy"], busy)
             warm.add_metric([pool.name, "ok"], pool.opened)
             warm.add_metric([pool.name, "failed"], pool.failed)
+            early.add_metric([pool.name], pool.closed_early)
         yield open_now
         yield warm
+        yield early
 
 
 class _Tasks(Collector):

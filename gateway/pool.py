@@ -172,16 +172,21 @@ class WarmConnector(aiohttp.TCPConnector):
         """(protocol, time of release on aiohttp's clock) of every pooled idle connection."""
         return [(proto, t0) for conns in self._conns.values() for proto, t0 in conns if proto.is_connected()]
 
+    def dead(self) -> list[tuple[ResponseHandler, float]]:
+        """Pooled connections the upstream closed while they were idle (aiohttp drops them lazily)."""
+        return [(proto, t0) for conns in self._conns.values() for proto, t0 in conns if not proto.is_connected()]
+
     @property
     def busy(self) -> int:
         """Connections carrying a request now (or being opened for one)."""
         return len(self._acquired)
 
-    def retire(self, proto: ResponseHandler) -> bool:
-        """Close an idle pooled connection; False when it is no longer idle (a request took it)."""
+    def retire(self, proto: ResponseHandler, released: float) -> bool:
+        """Close an idle pooled connection, if it is still idle since ``released``; False when a
+        request took it meanwhile (and perhaps put it back, fresh)."""
         for key, conns in list(self._conns.items()):
             for item in conns:
-                if item[0] is proto:
+                if item[0] is proto and item[1] == released:
                     conns.remove(item)
                     if not conns:
                         del self._conns[key]
@@ -246,6 +251,8 @@ class Pool:
         self.settings = settings_for(url, policy, tls, proxy)
         self.opened = 0  # connections the pool opened by itself (preconnect and keep-warm)
         self.failed = 0  # of which failed
+        self.closed_early = 0  # idle connections the upstream closed before idle_timeout
+        self._warned_early = False
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
@@ -296,6 +303,12 @@ class Pool:
         """(idle, busy) connections now."""
         return len(self.connector.idle()), self.connector.busy
 
+    def stop_warming(self) -> None:
+        """No more preconnect or keep-warm (a reload retired this pool); open connections stay for
+        the requests still in flight."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -318,12 +331,13 @@ class Pool:
         backoff = 0.0
         while self.policy.keep_warm > 0 and not self.session.closed:
             now = self._clock()
+            self._closed_by_upstream(now)
             idle = self.connector.idle()
             ages = [now - t0 for _, t0 in idle]
             step = plan(ages, self.connector.busy, self.policy.keep_warm, self.policy.idle_timeout)
             ok = await self._open(step.open)
             for i in step.retire if ok else step.expired:
-                self.connector.retire(idle[i][0])
+                self.connector.retire(*idle[i])
             if ok:
                 backoff = 0.0
                 wake = step.wake_in
@@ -331,6 +345,26 @@ class Pool:
                 backoff = min(_BACKOFF_MAX, max(2 * backoff, margin(self.policy.idle_timeout)))
                 wake = backoff
             await self._sleep(wake)
+
+    def _closed_by_upstream(self, now: float) -> None:
+        """Count (and say once) that the upstream closes idle connections sooner than ``idle_timeout``:
+        its own limit is shorter, and a request may meet its close (README, the stale-connection race)."""
+        for proto, released in self.connector.dead():
+            self.connector.retire(proto, released)
+            idle_for = now - released
+            if idle_for >= self.policy.idle_timeout:
+                continue
+            self.closed_early += 1
+            if not self._warned_early:
+                self._warned_early = True
+                event(
+                    "upstream pool: the upstream closed an idle connection before pool.idle_timeout; "
+                    "set idle_timeout below its limit",
+                    logging.WARNING,
+                    upstream=self.name,
+                    idle_s=round(idle_for, 1),
+                    idle_timeout_s=self.policy.idle_timeout,
+                )
 
     async def _open(self, count: int) -> bool:
         """Open ``count`` connections into the pool, one after the other. False if one failed."""
@@ -344,6 +378,10 @@ class Pool:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.failed += 1
                 self._report(exc)
+                return False
+            except Exception:  # a bug: keep-warm must not die of it; it retries with backoff
+                self.failed += 1
+                _log.exception("upstream pool: unexpected error opening a warm connection")
                 return False
             self.opened += 1
             if self._failing:

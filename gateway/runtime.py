@@ -208,6 +208,8 @@ class Runtime:
     async def close_retired(self, grace: float) -> None:
         """Close the pools of upstreams dropped (or given a new pool) by a reload, once their requests finish."""
         for up in self.retired:
+            up.pool.stop_warming()
+        for up in self.retired:
             loop = asyncio.get_running_loop()
             end = loop.time() + grace
             while up.inflight and loop.time() < end:

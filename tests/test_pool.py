@@ -286,8 +286,10 @@ async def test_the_aiohttp_internals_the_pool_uses_are_there(counting):
         async with await request as resp:
             assert resp.status == 200 and (await resp.json())["conn"] == 1
         assert connector.busy == 0 and len(connector.idle()) == 1 and up.accepted == 1
-        assert connector.retire(connector.idle()[0][0]) is True
-        assert connector.idle() == [] and connector.retire(proto) is False
+        (proto, t0), *_ = connector.idle()
+        assert connector.retire(proto, t0 - 1) is False  # put back since: fresh, kept
+        assert connector.retire(proto, t0) is True
+        assert connector.idle() == [] and connector.retire(proto, t0) is False
         await _until(lambda: up.closed_by_client == 1)
 
 
@@ -380,6 +382,22 @@ async def test_keep_warm_guards_the_race_a_post_on_a_connection_past_the_upstrea
         else:
             assert ups[name].accepted == before + 1  # a new connection, paid by the request
     assert ups["keep_warm"].closed_idle == 0  # the gateway always closed first
+
+
+async def test_an_upstream_that_closes_idle_connections_sooner_is_reported(gateway_factory, counting, caplog):
+    """An upstream whose idle limit (0.4 s) is below idle_timeout (3 s): keep-warm sees it close the warm
+    connection, says so once, counts it, and opens another; requests are served all along."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    up = await counting(idle_limit=0.4)
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\npool: {{idle_timeout: 3s, keep_warm: 1}}"}))
+    await _until(lambda: up.closed_idle >= 2, timeout=4)
+    assert up.requests == [] and (await _get(gw, "/api/x"))[0] == 200
+    warnings = [r for r in caplog.records if "closed an idle connection before pool.idle_timeout" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].fields["idle_s"] < 3  # type: ignore[attr-defined]
+    async with gw.session.get(gw.admin + "/metrics") as resp:
+        metrics = await resp.text()
+    line = next(x for x in metrics.splitlines() if x.startswith('gateway_upstream_closed_idle_total{upstream="api"}'))
+    assert float(line.split()[-1]) >= 1
 
 
 async def test_a_reload_that_keeps_the_pool_keeps_its_connections(counting, tmp_path):
