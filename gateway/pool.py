@@ -44,14 +44,14 @@ import os
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
-from .logs import event
+from .logs import event, redact_text
 
 if TYPE_CHECKING:
     from .config import Pool as PoolPolicy
@@ -220,7 +220,7 @@ class Settings:
     idle_timeout: float
     tls: Any  # the Tls block (frozen, compared by value), or None
     tls_files: tuple[tuple[str, int, int] | None, ...]
-    proxy: URL | None
+    proxy: URL | None = field(repr=False)  # may hold the proxy's password
 
 
 class Pool:
@@ -390,7 +390,8 @@ class Pool:
         return True
 
     def _report(self, exc: BaseException) -> None:
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        # aiohttp's proxy errors quote the proxy URL, credentials included: hidden here already
+        why = redact_text(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if not self._failing:
             self._failing = True
             event(

@@ -29,6 +29,7 @@ from gateway import cli
 from gateway.config import Pool as PoolPolicy
 from gateway.config import load_config, parse_config, resolve
 from gateway.errors import ConfigError
+from gateway.logs import JsonFormatter
 from gateway.pool import WarmConnector, margin, plan
 from gateway.server import Gateway
 
@@ -503,7 +504,9 @@ async def test_egress_proxy_tunnels_https_with_credentials_and_keeps_the_tunnel_
             assert cli.main(["check", "--config", str(path)]) == 0
         assert SECRET not in out.getvalue() and "egress:***@" in out.getvalue()
         assert "***" in yaml.safe_load(out.getvalue().split("\n", 1)[1])["upstreams"]["api"]["proxy"]
-        assert SECRET not in caplog.text and SECRET not in repr(gw.gateway.state.runtime.upstreams["api"].policy)
+        assert SECRET not in repr(gw.gateway.state.runtime.upstreams["api"].policy)
+        for record in caplog.records:
+            assert SECRET not in JsonFormatter().format(record) and SECRET not in record.getMessage()
     finally:
         await proxy.close()
 
@@ -529,17 +532,25 @@ async def test_egress_proxy_from_the_environment_with_no_proxy(gateway_factory, 
 
 
 async def test_a_proxy_that_refuses_the_tunnel_is_a_connect_failure_and_the_post_reaches_nobody(
-    gateway_factory, counting, pki
+    gateway_factory, counting, pki, caplog
 ):
-    """Nothing reached the upstream: 502 upstream_unreachable, which is safe to retry, even for a POST."""
+    """Nothing reached the upstream: 502 upstream_unreachable, which is safe to retry, even for a POST.
+    The failed warm connects are logged, without the proxy's credentials."""
+    caplog.set_level(logging.DEBUG)
     up = await counting(context=pki["server"])
     proxy = await ConnectProxy(refuse=True).start()
     try:
         retry = "retry: {attempts: 2, backoff: {base: 5ms, max: 10ms}}"
-        block = f"url: {up.url}\ntls: {{ca_file: {pki['ca']}}}\nproxy: {proxy.url}\n{retry}"
+        proxy_url = f"http://egress:{SECRET}@127.0.0.1:{proxy.port}"
+        block = f"url: {up.url}\ntls: {{ca_file: {pki['ca']}}}\nproxy: {proxy_url}\n{retry}"
         gw = await gateway_factory(gateway_yaml({"api": block}))
         status, body, _, headers = await _get(gw, "/api/send", "POST")
         assert (status, body["error"]["code"], headers["x-gateway-attempts"]) == (502, "upstream_unreachable", "2")
-        assert up.accepted == 0
+        assert up.accepted == 0 and len(proxy.auth) >= 3  # the preconnect, then both tries, each refused
+        warned = [r for r in caplog.records if "cannot open a warm connection" in r.getMessage()]
+        assert len(warned) == 1 and "407" in warned[0].fields["error"]  # type: ignore[attr-defined]
+        for record in caplog.records:
+            assert SECRET not in JsonFormatter().format(record)
+            assert SECRET not in record.getMessage() + repr(getattr(record, "fields", ""))
     finally:
         await proxy.close()
