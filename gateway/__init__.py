@@ -11,7 +11,8 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``cache``: HTTP cache rules, keys, collapsing;  ``cachestore``: where entries live (memory)
 - ``breaker``, ``limits``, ``ratelimit``, ``fault``, ``window``: the resilience policies
 - ``quota``: Gemini's per-model rpm, tpm and rpd, kept before Google enforces them
-- ``runtime``: per-config state (sessions, budgets);  ``server``: listeners, drain, reload
+- ``runtime``: per-config state (pools, budgets);  ``pool``: upstream connections, TLS, egress proxy
+- ``server``: listeners, drain, reload
 - ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 - ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history

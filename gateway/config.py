@@ -7,7 +7,10 @@ key by key, into ``RoutePolicy`` objects the request path only reads. Every prob
 line of a ``ConfigError`` naming the key path: ``upstreams.gemini.timeouts.per_try: expected a
 duration like '10s', got 'ten'``.
 
-Secrets (``set_headers`` values, ``admin.token``, passwords in URLs) serialize as ``***``.
+Secrets (``set_headers`` values, ``admin.token``, passwords in URLs, an egress ``proxy``'s
+credentials) serialize as ``***``. ``proxy: env`` is read from the environment the file is loaded
+with (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``), as ``${VAR}`` is; ``tls:`` files are loaded
+once at validation, so a missing file or a bad PEM is a configuration error.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pydantic import (
     Discriminator,
     Field,
     PlainSerializer,
+    PrivateAttr,
     Tag,
     ValidationError,
     WithJsonSchema,
@@ -40,6 +44,7 @@ from yarl import URL
 
 from .errors import ConfigError
 from .logs import CONTRACT_REDACT_QUERY, DEFAULT_REDACT_QUERY
+from .pool import TlsFileError, tls_context
 from .routing import PathPattern, PatternError
 from .units import (
     format_duration,
@@ -161,6 +166,44 @@ def _pattern(value: object) -> str:
 
 
 Pattern = Annotated[str, BeforeValidator(_pattern)]
+
+_PROXY_WORDS = ("env", "direct")
+
+
+def _proxy(value: object) -> str:
+    """``env``, ``direct`` or ``http://[user:password@]host:port`` (never quoted back: it may hold a password)."""
+    if isinstance(value, str) and value in _PROXY_WORDS:
+        return value
+    if not isinstance(value, str) or not _proxy_url_ok(value):
+        raise _error(
+            "proxy",
+            "expected 'env', 'direct' or an http:// proxy URL like 'http://proxy.internal:3128' "
+            "(no path, no query; https:// proxies are not supported)",
+        )
+    return value
+
+
+def _proxy_url_ok(text: str) -> bool:
+    try:
+        url = URL(text)
+    except ValueError:
+        return False
+    bare = url.path in ("", "/") and not url.query_string and not url.fragment
+    return bool(url.scheme == "http" and url.host and bare)
+
+
+Proxy = Annotated[
+    str,
+    BeforeValidator(_proxy),
+    PlainSerializer(lambda v: _redact_url(v) if v not in _PROXY_WORDS else v, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "egress HTTP proxy: 'env' (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), 'direct', or an http:// URL",
+            "examples": ["env", "direct", "http://proxy.internal:3128"],
+        }
+    ),
+]
 
 
 # --------------------------------------------------------------------------- models
@@ -418,6 +461,39 @@ class Fault(Model):
     delay: FaultDelay | None = None
 
 
+class Pool(Model):
+    """An upstream's connection pool. Not in the contract: names as nginx and Envoy users know them,
+    defaults chosen from the upstreams' documented idle limits (README, "Upstream connections")."""
+
+    idle_timeout: Duration = Field(
+        50.0,
+        ge=0.1,
+        description="a pooled connection unused this long is closed and never written on again; "
+        "keep it below the upstream's own idle limit",
+    )
+    keep_warm: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="connections kept open while traffic is quiet, each replaced by a new one before idle_timeout",
+    )
+    preconnect: int = Field(
+        1, ge=0, le=100, description="connections opened when the pool is made: at start, and when a reload makes it"
+    )
+
+
+class Tls(Model):
+    """TLS to an https upstream beyond the defaults (the system's CAs, no client certificate)."""
+
+    ca_file: str | None = Field(
+        None, description="PEM file of the CAs trusted for this upstream, instead of the system's"
+    )
+    cert_file: str | None = Field(None, description="client certificate (PEM), for an upstream that asks for one")
+    key_file: str | None = Field(
+        None, description="the client certificate's private key (PEM, not encrypted), when it is not in cert_file"
+    )
+
+
 class RouteMatch(Model):
     methods: tuple[Method, ...] = ()
     path: Pattern = "/**"
@@ -431,6 +507,8 @@ class Policies(Model):
     breaker: Breaker | None = None
     limits: Limits | None = None
     fault: Fault | None = None
+    pool: Pool | None = None
+    proxy: Proxy | None = Field(None, repr=False)
 
 
 class Route(Model):
@@ -461,6 +539,7 @@ class Upstream(Policies):
     prefix: str | None = None
     set_headers: dict[str, Secret] = Field({}, repr=False)
     forwarded_headers: bool = Field(False, description="add X-Forwarded-For/-Proto/-Host")
+    tls: Tls | None = None
     routes: tuple[Route, ...] = ()
 
     @field_validator("url")
@@ -566,6 +645,8 @@ class Config(Model):
     upstreams: dict[Annotated[str, Field(pattern=r"^[a-z0-9_\-]+$")], Upstream] = {}
     readiness: Readiness = Readiness()
     server: Server = Server()
+    # The proxy variables of the environment the file was loaded with (``proxy: env``), as ${VAR}.
+    _proxy_env: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- resolved policies
@@ -606,6 +687,9 @@ class UpstreamPolicy:
     limits: Limits
     breaker: Breaker
     raw: Upstream = field(repr=False, compare=False)
+    pool: Pool
+    tls: Tls | None
+    proxy: URL | None = field(repr=False)  # the egress proxy in use (``env`` resolved); may hold a password
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -650,10 +734,11 @@ def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
             rate_limit=(),
             invalidates=(),
         )
+        url = URL(up.url)
         result.append(
             UpstreamPolicy(
                 name=name,
-                url=URL(up.url),
+                url=url,
                 kind=up.kind,
                 prefix=up.prefix or f"/{name}",
                 set_headers={k.lower(): v for k, v in up.set_headers.items() if v},
@@ -663,9 +748,63 @@ def resolve(config: Config) -> tuple[UpstreamPolicy, ...]:
                 limits=default.limits,
                 breaker=default.breaker,
                 raw=up,
+                pool=merge(merge(Pool(), d.pool), up.pool),
+                tls=up.tls,
+                proxy=egress_proxy(_proxy_setting(config, up), url, config._proxy_env),
             )
         )
     return tuple(result)
+
+
+def _proxy_setting(config: Config, up: Upstream) -> str | None:
+    """The upstream's ``proxy`` as written, else the file's default (``None``: direct)."""
+    return up.proxy if "proxy" in up.model_fields_set else config.defaults.proxy
+
+
+def proxy_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The proxy variables ``proxy: env`` reads: ``http_proxy``, ``https_proxy``, ``no_proxy``
+    (lower-case names win over upper-case ones, as curl and Python's urllib read them)."""
+    found = {}
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        value = env.get(name) or env.get(name.upper())
+        if value:
+            found[name] = value.strip()
+    return found
+
+
+def _env_proxy_url(value: str) -> str:
+    return value if "://" in value else f"http://{value}"  # 'proxy:3128', as curl takes it
+
+
+def egress_proxy(setting: str | None, url: URL, env: Mapping[str, str]) -> URL | None:
+    """The proxy an upstream at ``url`` is reached through, or None for a direct connection.
+
+    ``env``: the scheme's ``*_proxy`` variable of ``env`` (``proxy_environment``), unless
+    ``no_proxy`` names the host (``*``, a host, or a domain suffix like ``.internal``)."""
+    if setting is None or setting == "direct":
+        return None
+    if setting != "env":
+        return URL(setting)
+    value = env.get(f"{url.scheme}_proxy")
+    if not value:
+        return None
+    if _bypassed(url.host or "", env.get("no_proxy", "")):
+        return None
+    return URL(_env_proxy_url(value))
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` (comma-separated ``*``, hosts and domain suffixes, a port ignored) names ``host``."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.split(","):
+        name = entry.strip().lower()
+        if name == "*":
+            return True
+        name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name  # 'host:port'; an IPv6 address stays whole
+        name = name.strip("[]").lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 def _route_policy(upstream: RoutePolicy, route: Route, index: int) -> RoutePolicy:
@@ -811,6 +950,13 @@ def escape_dollars(node: Any) -> Any:
     return node
 
 
+# Error kinds of the validators here, whose message is already the final text.
+_FINAL_TEXT = frozenset(
+    {"duration", "size", "rate", "percent", "outcome", "method", "pattern", "url", "prefix", "header", "proxy"}
+    | {"query_name", "key", "quota"}
+)
+
+
 def _describe(error: Any) -> str:
     kind, msg, value = error["type"], error["msg"], error.get("input")
     loc = _path(error["loc"])
@@ -822,21 +968,7 @@ def _describe(error: Any) -> str:
         return f"{loc}: required key is missing"
     if kind == "model_type" and loc.endswith("rate_limit"):
         return f"{loc}: expected a block like {{rate: 10/s}} or a list of them, got {shown(value)}"
-    if kind in {
-        "duration",
-        "size",
-        "rate",
-        "percent",
-        "outcome",
-        "method",
-        "pattern",
-        "url",
-        "prefix",
-        "header",
-        "query_name",
-        "key",
-        "quota",
-    }:
+    if kind in _FINAL_TEXT:
         return f"{loc}: {msg}"
     return f"{loc}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
 
@@ -898,6 +1030,7 @@ def _cross_checks(config: Config) -> list[str]:
                 f"upstreams.{name}.prefix: {prefix!r} is already the prefix of upstream {prefixes[prefix]!r}"
             )
         prefixes[prefix] = name
+        problems.extend(_egress_checks(config, name, up))
         scopes: list[tuple[str, Policies | Route]] = [(f"upstreams.{name}", up)]
         seen_routes: set[str] = set()
         for i, route in enumerate(up.routes):
@@ -973,6 +1106,30 @@ def _route_extras(here: str, route: Route, kind: str, params: tuple[str, ...]) -
     return problems
 
 
+def _egress_checks(config: Config, name: str, up: Upstream) -> list[str]:
+    """``tls`` (https only, files that load) and ``proxy: env`` (a usable proxy URL in the environment)."""
+    problems = []
+    url = URL(up.url)
+    where = f"upstreams.{name}"
+    if up.tls is not None:
+        if url.scheme != "https":
+            problems.append(f"{where}.tls: applies to https:// upstreams only (the url is http://)")
+        elif up.tls.key_file and not up.tls.cert_file:
+            problems.append(f"{where}.tls.key_file: needs cert_file (the certificate it belongs to)")
+        else:
+            try:
+                tls_context(up.tls)
+            except TlsFileError as exc:
+                problems.append(f"{where}.tls.{exc.key}: {exc}")
+    setting = _proxy_setting(config, up)
+    value = config._proxy_env.get(f"{url.scheme}_proxy")
+    if setting == "env" and value and not _proxy_url_ok(_env_proxy_url(value)):
+        variable = f"{url.scheme.upper()}_PROXY"  # its value may hold a password: not quoted
+        at = where if "proxy" in up.model_fields_set else "defaults"
+        problems.append(f"{at}.proxy: 'env' reads {variable}, which is not an http:// proxy URL with a host")
+    return problems
+
+
 def _recovery_inverted(block: Breaker) -> bool:
     """Both written in one block, recovery above recovery_max: a mistake. Inherited from different
     levels (an upstream's ``recovery: 30s`` over the default ``recovery_max``), the larger value is
@@ -994,7 +1151,8 @@ def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | N
     if not isinstance(data, dict):
         raise ConfigError(source, [f"expected a mapping at the top level, got {type(data).__name__}"])
     problems: list[str] = []
-    data = interpolate(data, os.environ if env is None else env, problems)
+    environment = os.environ if env is None else env
+    data = interpolate(data, environment, problems)
     if problems:
         raise ConfigError(source, problems)
     try:
@@ -1007,6 +1165,7 @@ def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | N
                 line += _unknown_key_hint(error)
             lines.append(line)
         raise ConfigError(source, lines) from None
+    config._proxy_env = proxy_environment(environment)
     problems = _cross_checks(config)
     if problems:
         raise ConfigError(source, problems)
@@ -1057,6 +1216,7 @@ def redacted(config: Config) -> dict[str, Any]:
         entry = data["upstreams"][up.name]
         for block in ("timeouts", "retry", "breaker", "limits"):
             entry[block] = getattr(up.default, block).model_dump(mode="json", exclude_none=True)
+        entry["pool"] = up.pool.model_dump(mode="json")
         for route, out in zip(up.routes, entry.get("routes", []), strict=True):
             out.setdefault("name", route.name)
             for block in ("timeouts", "retry", "breaker"):

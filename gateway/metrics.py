@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .breaker import CircuitBreaker
+    from .pool import Pool
     from .quota import QuotaKeeper
 
 __all__ = ["CONTENT_TYPE", "Metrics", "method_label"]
@@ -179,6 +180,11 @@ class Metrics:
         """Export ``gateway_quota_remaining`` from the (upstream, route, keeper) ``source`` returns."""
         self.registry.register(_QuotaRemaining(source))
 
+    def watch_pools(self, source: Callable[[], Iterable[Pool]]) -> None:
+        """Export ``gateway_upstream_connections``, ``gateway_upstream_warm_connects_total`` and
+        ``gateway_upstream_closed_idle_total`` for the pools ``source`` returns, read at scrape time."""
+        self.registry.register(_Pools(source))
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
@@ -257,6 +263,42 @@ class _QuotaRemaining(Collector):
             for key, window, left, _limit in keeper.remaining():
                 family.add_metric([upstream, route, key, window], left)
         yield family
+
+
+class _Pools(Collector):
+    """Upstream connection pools: open connections by state, and the connections each pool opened by
+    itself (preconnect and keep-warm) by result. A pool a reload replaced starts again from 0."""
+
+    def __init__(self, source: Callable[[], Iterable[Pool]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily(
+            "gateway_upstream_connections",
+            "Connections open to the upstream: idle (pooled, ready) or busy (carrying a request).",
+            labels=["upstream", "state"],
+        )
+        warm = CounterMetricFamily(
+            "gateway_upstream_warm_connects",
+            "Connections the pool opened without a request (preconnect, keep-warm), by result: ok or failed.",
+            labels=["upstream", "result"],
+        )
+        early = CounterMetricFamily(
+            "gateway_upstream_closed_idle",
+            "Idle connections the upstream closed before pool.idle_timeout (seen by keep-warm): its own "
+            "idle limit is shorter, and idle_timeout should go below it.",
+            labels=["upstream"],
+        )
+        for pool in self.source():
+            idle, busy = pool.counts()
+            open_now.add_metric([pool.name, "idle"], idle)
+            open_now.add_metric([pool.name, "busy"], busy)
+            warm.add_metric([pool.name, "ok"], pool.opened)
+            warm.add_metric([pool.name, "failed"], pool.failed)
+            early.add_metric([pool.name], pool.closed_early)
+        yield open_now
+        yield warm
+        yield early
 
 
 class _Tasks(Collector):

@@ -58,6 +58,8 @@ def classify_exception(exc: BaseException) -> str:
         return CONNECT_FAILURE  # connect (TCP/TLS) did not finish in time: nothing was sent
     if isinstance(exc, aiohttp.ClientConnectorError):
         return CONNECT_FAILURE
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return CONNECT_FAILURE  # the egress proxy refused the tunnel (407, 403, 502): nothing reached the upstream
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return TIMEOUT
     return RESET

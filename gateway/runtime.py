@@ -1,14 +1,15 @@
 """Runtime state bound to one loaded configuration.
 
-Owns what a request needs besides its own data: the router, and per upstream its pooled
-``ClientSession`` (one connection pool each, keep-alive, TLS verified, no cookie jar, no
-decompression, no redirects followed), its bulkhead, its circuit breakers (one for the upstream,
+Owns what a request needs besides its own data: the router, and per upstream its connection
+pool (``gateway.pool``: the ``ClientSession``, TLS, egress proxy, preconnect and keep-warm), its
+bulkhead, its circuit breakers (one for the upstream,
 one per route that sets ``breaker:``), its rate limiters, quota keepers, idempotency keepers,
 retry budgets and last-minute statistics; and the process's idempotency store (memory, or Redis
 with memory as its fallback). A reload builds a new ``Runtime`` from the previous one: upstreams
-whose ``url`` did not change keep their session, breakers (with the new settings), budgets,
+whose ``url`` did not change keep their pool (and its open connections, unless ``tls``,
+``proxy`` or ``pool.idle_timeout`` changed), breakers (with the new settings), budgets,
 limiters, quotas and statistics; the idempotency store is always kept; in-flight requests keep
-the runtime they started with.
+the runtime they started with. ``start_pools`` starts preconnect and keep-warm for the new pools.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .breaker import CircuitBreaker
 from .config import Config, RateLimit, RoutePolicy, UpstreamPolicy, resolve
 from .fault import FaultInjector
 from .limits import Bulkhead
+from .pool import Pool
 from .quota import QuotaKeeper, Usage, new_usages
 from .ratelimit import GlobalRateLimiter, Limiter, RateLimiter
 from .redislink import RedisLink
@@ -72,6 +74,7 @@ class Upstream:
         self.base = str(policy.url).rstrip("/")
         self.inflight = 0
         self._hook = hook
+        self.pool: Pool
         self.session: aiohttp.ClientSession
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
@@ -81,8 +84,14 @@ class Upstream:
         self.breakers: dict[str, CircuitBreaker] = {}
         old_breakers: dict[str, CircuitBreaker] = {}
         limits = policy.limits
+        connect = policy.default.timeouts.connect
+        if previous is not None and previous.pool.fits(policy.url, policy.pool, policy.tls, policy.proxy):
+            self.pool = previous.pool
+            self.pool.update(policy.pool, connect)
+        else:
+            self.pool = Pool(policy.name, policy.url, policy.pool, policy.tls, policy.proxy, connect, [_TRACE])
+        self.session = self.pool.session
         if previous is not None:
-            self.session = previous.session
             self.stats = previous.stats
             self._budgets = previous._budgets
             self._limiters = previous._limiters
@@ -95,7 +104,6 @@ class Upstream:
             else:
                 self.bulkhead = Bulkhead(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         else:
-            self.session = _new_session()
             self.stats = MinuteWindow()
             self._budgets = {}
             self._limiters = {}
@@ -180,21 +188,6 @@ _TRACE.on_request_headers_sent.append(_headers_sent)
 _TRACE.freeze()
 
 
-def _new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=15)
-    return aiohttp.ClientSession(
-        trace_configs=[_TRACE],
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        trust_env=False,
-        timeout=aiohttp.ClientTimeout(total=None),
-        max_field_size=32 * 1024,
-        max_line_size=16 * 1024,
-    )
-
-
 class Runtime:
     """Everything derived from one configuration that the request path reads."""
 
@@ -229,19 +222,29 @@ class Runtime:
         """Every breaker by name (``upstream`` or ``upstream.route``)."""
         return {name: b for up in self.upstreams.values() for name, b in up.breakers.items()}
 
+    async def start_pools(self, wait: float = 0.0) -> None:
+        """Start preconnect and keep-warm on every pool not yet started; wait up to ``wait``
+        seconds for the preconnects (they go on in the background after that)."""
+        for up in self.upstreams.values():
+            up.pool.start()
+        if wait > 0:
+            await asyncio.gather(*(up.pool.ready(wait) for up in self.upstreams.values()))
+
     async def close_retired(self, grace: float) -> None:
-        """Close the sessions of upstreams dropped by a reload, once their requests finish."""
+        """Close the pools of upstreams dropped (or given a new pool) by a reload, once their requests finish."""
+        for up in self.retired:
+            up.pool.stop_warming()
         for up in self.retired:
             loop = asyncio.get_running_loop()
             end = loop.time() + grace
             while up.inflight and loop.time() < end:
                 await asyncio.sleep(0.1)
-            await up.session.close()
+            await up.pool.close()
 
     async def close(self) -> None:
-        """Close every session (at shutdown)."""
+        """Close every pool (at shutdown)."""
         for up in self.upstreams.values():
-            await up.session.close()
+            await up.pool.close()
 
     def quotas(self) -> list[tuple[str, str, QuotaKeeper]]:
         """(upstream, route, keeper) of every route with a ``quota``."""

@@ -87,6 +87,8 @@ FRESH_GRACE = 1.0
 # How long, and how much, a connection closed for a framing error keeps reading and dropping.
 LINGER = 2.0
 LINGER_BYTES = 256 * 1024
+# At start, the listeners bind once the upstream pools' preconnects finish, or after this long.
+PRECONNECT_WAIT = 1.0
 
 
 class _Refused(BadHttpMessage):
@@ -473,6 +475,7 @@ class Gateway:
         self.metrics.watch_breakers(lambda: self.state.runtime.breakers().values())
         self.metrics.watch_cache(self._cache_size)
         self.metrics.watch_quotas(lambda: self.state.runtime.quotas())
+        self.metrics.watch_pools(lambda: [up.pool for up in self.state.runtime.upstreams.values()])
         self.started = False
         self.drain_started = False
         self._listeners = _Listeners()
@@ -484,8 +487,10 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Bind both listeners. Raises OSError when a port cannot be bound."""
+        """Preconnect upstream pools (waiting up to PRECONNECT_WAIT), then bind both listeners.
+        Raises OSError when a port cannot be bound."""
         config = self.state.runtime.config
+        await self.state.runtime.start_pools(wait=PRECONNECT_WAIT)
         proxy = Proxy(self.state)
         server = _ProxyServer(
             self._counted(proxy.handle),
@@ -731,6 +736,7 @@ class Gateway:
             self._proxy_server.fd_cap = budget[0]
         changes = _changes(old.config, config)
         self.state.runtime = new
+        await new.start_pools()  # preconnect and keep-warm for the pools this reload made
         await self._drop_cached(old, new)
         self._mtime = _mtime(self.path)
         configure(config.log.level, config.log.format, config.log.access_log, config.log.redact_query)
