@@ -138,11 +138,16 @@ CANDIDATES: dict[str, Callable[[Clock, random.Random], Gate]] = {
         c, r, mode="rate", min_requests=20, recovery="30s", recovery_max="300s"
     ),
     "consecutive 5, 2 s → 30 s (contract draft)": lambda c, r: RealBreaker(c, r, recovery="2s", recovery_max="30s"),
+    "consecutive 5, 0.5 s → 2 s (the default)": lambda c, r: RealBreaker(c, r),
     "consecutive 5, 1 s → 2 s": lambda c, r: RealBreaker(c, r, recovery="1s", recovery_max="2s"),
+    "consecutive 5, 0.5 s → 1 s": lambda c, r: RealBreaker(c, r, recovery="500ms", recovery_max="1s"),
     "consecutive 5, fixed 1 s": lambda c, r: RealBreaker(c, r, recovery="1s", recovery_max="1s"),
     "consecutive 5, fixed 2 s": lambda c, r: RealBreaker(c, r, recovery="2s", recovery_max="2s"),
     "rate 50 %/10 s min 10, 1 s → 2 s": lambda c, r: RealBreaker(
         c, r, mode="rate", window="10s", min_requests=10, recovery="1s", recovery_max="2s"
+    ),
+    "rate 50 %/30 s min 20, 0.5 s → 2 s (shipped)": lambda c, r: RealBreaker(
+        c, r, mode="rate", window="30s", min_requests=20, recovery="500ms", recovery_max="2s"
     ),
     "wait for probe, 1 s → 2 s": lambda c, r: WaitForProbe(c, r, recovery="1s", recovery_max="2s"),
     "adaptive (SRE K=2, 2 s window)": lambda c, r: Adaptive(c, r, window=2.0),

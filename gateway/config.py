@@ -329,7 +329,7 @@ class Breaker(Model):
     failure_rate: Percent = 0.5
     window: Duration = 30.0
     min_requests: int = Field(10, ge=1)
-    recovery: Duration = 1.0  # chosen on bench/breaker_modes.py and the scenario suite (README)
+    recovery: Duration = 0.5  # chosen on bench/breaker_modes.py and the scenario suite (README)
     recovery_max: Duration = 2.0
     half_open_requests: int = Field(1, ge=1)
     failure_on: tuple[Outcome, ...] = ("connect-failure", "timeout", "5xx")
