@@ -337,7 +337,9 @@ class Breaker(Model):
 
     @property
     def ceiling(self) -> float:
-        """The longest open period before jitter: ``recovery_max``, or ``recovery`` when that is larger."""
+        """The longest open period before jitter: ``recovery_max``, or ``recovery`` when that is larger
+        (a ``recovery`` above ``recovery_max``, written or inherited, means no doubling: not an error,
+        so that a v1 file's ``recovery: 30s`` and ``gateway check``'s effective config both load)."""
         return max(self.recovery, self.recovery_max)
 
 
@@ -1062,12 +1064,8 @@ def _cross_checks(config: Config) -> list[str]:
         for where, scope in scopes:
             if scope.breaker is not None and scope.breaker.shared and not redis:
                 problems.append(f"{where}.breaker.shared: true needs cache_store.type redis")
-            if scope.breaker is not None and _recovery_inverted(scope.breaker):
-                problems.append(f"{where}.breaker: recovery is larger than recovery_max")
     if config.defaults.breaker is not None and config.defaults.breaker.shared and not redis:
         problems.append("defaults.breaker.shared: true needs cache_store.type redis")
-    if config.defaults.breaker is not None and _recovery_inverted(config.defaults.breaker):
-        problems.append("defaults.breaker: recovery is larger than recovery_max")
     for i, name in enumerate(config.readiness.require):
         if name not in config.upstreams:
             problems.append(f"readiness.require[{i}]: no upstream named {name!r}")
@@ -1128,14 +1126,6 @@ def _egress_checks(config: Config, name: str, up: Upstream) -> list[str]:
         at = where if "proxy" in up.model_fields_set else "defaults"
         problems.append(f"{at}.proxy: 'env' reads {variable}, which is not an http:// proxy URL with a host")
     return problems
-
-
-def _recovery_inverted(block: Breaker) -> bool:
-    """Both written in one block, recovery above recovery_max: a mistake. Inherited from different
-    levels (an upstream's ``recovery: 30s`` over the default ``recovery_max``), the larger value is
-    the ceiling (``Breaker.ceiling``): no doubling."""
-    both = {"recovery", "recovery_max"} <= block.model_fields_set
-    return both and block.recovery > block.recovery_max
 
 
 def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
