@@ -17,6 +17,9 @@ request (the sim's counters), duplicate WhatsApp sends and answers served stale;
     python bench/fault_replay.py                  # seeds, 40 req/s, 150 s per path (~8 min)
     python bench/fault_replay.py --quick          # seeds, 15 req/s, 14 s per path (< 60 s)
     python bench/fault_replay.py --quick --no-save --json /tmp/fr.json --paths direct,gateway
+
+With ``--suite N`` or ``--seeds LIST`` it runs the scenario suite instead (``bench/fault_suite.py``: many
+generated fault schedules, paths direct, nginx, defaults, shipped; ``--suite 2 --help`` lists its options).
 """
 
 from __future__ import annotations
@@ -762,6 +765,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.split("=")[0] in ("--suite", "--seeds") for a in argv):  # the scenario suite: bench/fault_suite.py
+        from fault_suite import main as suite_main
+
+        return suite_main(argv)
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:

@@ -16,6 +16,7 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 - ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history
 - ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``, ``simlimits``): ``gateway sim``
+- ``simgen``: the scenario suite's generated fault schedules
 """
 
 from .config import Config, ConfigError, load_config, parse_config

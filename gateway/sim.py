@@ -24,8 +24,9 @@ API's shapes (``../shared/upstream-apis.md``):
   ``{"statusCode", "code", "error", "message"}``.
 
 It also owns the scenario file (YAML validated by pydantic models that refuse unknown keys:
-latency distributions, error rates and mixes, resets, outage windows over time, per upstream and
-per route; see ``Scenario``), its seeded per-route random draws, and the counters reported on
+latency distributions, error rates and mixes, resets, outage windows over time (API errors, plain
+proxy answers, resets, stalls, refused connections), brownout windows, per upstream and per route;
+see ``Scenario``), its seeded per-route random draws, and the counters reported on
 ``/_sim/stats`` (requests per upstream and route, answers by status, injected faults, WhatsApp
 message bodies received and delivered, so duplicate sends are visible). Every listener also
 answers the control paths ``/_sim/stats``, ``/_sim/reset``, ``/_sim/scenario``.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -51,6 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -107,6 +110,7 @@ LOOKASIDE_URL = "https://lookaside.fbsbx.com"  # Graph's media host, which the b
 OTHER = "other"
 HOLD_MAX = 300.0  # a "timeout" answer holds the connection this long at most, then drops it
 SHUTDOWN_GRACE = 0.5  # on close, in-flight handlers (latency sleeps, holds) get this long
+REFUSAL_TICK = 0.05  # how often the listeners are opened or closed for ``mode: refused`` windows
 MAX_REPEATED_LISTED = 50  # /_sim/stats lists at most this many repeated message bodies
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -120,13 +124,13 @@ def _custom(kind: str, message: str) -> PydanticCustomError:
 
 
 def _outage_mode(value: object) -> str:
-    if value in ("reset", "timeout"):
+    if value in ("reset", "timeout", "refused"):
         return str(value)
     if not isinstance(value, bool) and isinstance(value, (int, str)) and str(value).isdigit():
         status = int(value)
         if 400 <= status <= 599:
             return str(status)
-    raise _custom("mode", f"expected reset, timeout or an HTTP status from 400 to 599, got {value!r}")
+    raise _custom("mode", f"expected reset, timeout, refused or an HTTP status from 400 to 599, got {value!r}")
 
 
 def _api_code(value: object) -> int | str:
@@ -202,7 +206,14 @@ class Resets(_Model):
 
 
 class Outage(_Model):
-    """From ``start`` (after sim start) for ``duration``, answer ``mode`` to ``rate`` of the requests."""
+    """From ``start`` (after sim start) for ``duration``, answer ``mode`` to ``rate`` of the requests.
+
+    ``mode``: an HTTP status (in the API's error shape, or ``plain: true`` for the platform's proxy
+    answering a short HTML body with no API code), ``reset`` (the connection closes: ``when`` says
+    before the body, the default, or after it, as an answer lost once the API acted, or mid-body),
+    ``timeout`` (the connection stalls), or ``refused`` (the host's listener closes: new connections
+    are refused and open ones dropped; upstream or defaults level only, ``rate`` must be 100 %).
+    """
 
     start: Duration
     duration: Duration
@@ -212,6 +223,8 @@ class Outage(_Model):
     code: ApiCode | None = None
     retry_after: Duration | None = None
     retry_delay: Duration | None = None
+    when: Literal["before_body", "after_body", "mid_body"] | None = None
+    plain: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Outage:
@@ -222,8 +235,43 @@ class Outage(_Model):
                 "outage",
                 f"every ({format_duration(self.every)}) is shorter than duration ({format_duration(self.duration)})",
             )
-        if self.mode in ("reset", "timeout") and (self.code is not None or self.retry_after or self.retry_delay):
-            raise _custom("outage", f"code, retry_after and retry_delay need a status mode, not {self.mode}")
+        status_only = self.code is not None or self.retry_after or self.retry_delay or self.plain
+        if self.mode in ("reset", "timeout", "refused") and status_only:
+            raise _custom("outage", f"code, retry_after, retry_delay and plain need a status mode, not {self.mode}")
+        if self.when is not None and self.mode != "reset":
+            raise _custom("outage", f"when applies to mode reset, not {self.mode}")
+        if self.plain and (self.code is not None or self.retry_delay is not None):
+            raise _custom("outage", "a plain answer carries no API code and no RetryInfo: drop code and retry_delay")
+        if self.mode == "refused" and self.rate < 1.0:
+            raise _custom("outage", "a refused host refuses every connection: rate must be 100%")
+        return self
+
+    def active(self, t: float) -> bool:
+        if t < self.start:
+            return False
+        into = t - self.start
+        if self.every is not None:
+            into %= self.every
+        return into < self.duration
+
+
+class Brownout(_Model):
+    """From ``start`` for ``duration`` (again ``every``), every latency drawn is multiplied by ``factor``."""
+
+    start: Duration
+    duration: Duration
+    factor: float = Field(gt=1, le=1000)
+    every: Duration | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Brownout:
+        if self.duration <= 0:
+            raise _custom("brownout", "duration must be longer than 0s")
+        if self.every is not None and self.every < self.duration:
+            raise _custom(
+                "brownout",
+                f"every ({format_duration(self.every)}) is shorter than duration ({format_duration(self.duration)})",
+            )
         return self
 
     def active(self, t: float) -> bool:
@@ -242,6 +290,7 @@ class Behaviour(_Model):
     errors: Errors | None = None
     resets: Resets | None = None
     outages: tuple[Outage, ...] | None = None
+    brownouts: tuple[Brownout, ...] | None = None
 
 
 class GraphRoutes(_Model):
@@ -432,6 +481,8 @@ def _check_codes(scenario: Scenario) -> list[str]:
         for i, outage in enumerate(block.outages or ()):
             status = int(outage.mode) if outage.mode.isdigit() else None
             entries.append((f"{where}.outages[{i}]", status, outage.code, outage.retry_delay))
+            if outage.mode == "refused" and ".routes." in where:
+                problems.append(f"{where}.outages[{i}].mode: refused closes the host: set it under the upstream")
         for here, status, code, retry_delay in entries:
             if retry_delay is not None and upstream != "gemini":
                 problems.append(f"{here}.retry_delay: only Gemini's 429 answers carry RetryInfo; set it under gemini")
@@ -594,6 +645,7 @@ class ApiError:
     message: str | None = None
     retry_after: float | None = None
     retry_delay: float | None = None
+    plain: bool = False  # the platform's proxy answers: an HTML body, no API code
 
 
 def _family(upstream: str, route: str) -> str:
@@ -722,8 +774,19 @@ def kong_no_apikey() -> web.Response:
     )
 
 
+def plain_error(error: ApiError) -> web.Response:
+    """A load balancer's or platform proxy's answer: a short HTML page, no API error code."""
+    status = error.status or 503
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    text = f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1></body></html>\n"
+    headers = {"Content-Type": "text/html; charset=utf-8", **_retry_after_header(error.retry_after)}
+    return web.Response(status=status, body=text.encode(), headers=headers)
+
+
 def api_error(family: str, error: ApiError) -> web.Response:
-    """Render ``error`` in the shape of ``family`` (graph, gemini, rest, auth, storage)."""
+    """Render ``error`` in the shape of ``family`` (graph, gemini, rest, auth, storage), or plain."""
+    if error.plain:
+        return plain_error(error)
     if family == "graph":
         return graph_error(error)
     if family == "gemini":
@@ -783,7 +846,8 @@ class RoutePlan:
             acc += k.weight / total
             self._mix.append((acc, ApiError(k.status, k.code, k.subcode, k.message, k.retry_after, k.retry_delay)))
         self._reset = behaviour.resets
-        self._outages = behaviour.outages or ()
+        self._outages = tuple(o for o in behaviour.outages or () if o.mode != "refused")  # the listener's job
+        self._brownouts = behaviour.brownouts or ()
 
     def sample_latency(self) -> float:
         if self._lognormal is None:
@@ -796,19 +860,24 @@ class RoutePlan:
         """The decision for a request arriving ``t`` seconds after the scenario clock started."""
         decision = Decision(self.sample_latency())
         u_outage, u_reset, u_error, u_mix = (self.rng.random() for _ in range(4))
+        decision.latency *= max((b.factor for b in self._brownouts if b.active(t)), default=1.0)
         for outage in self._outages:
-            if outage.active(t) and u_outage < outage.rate:
-                decision.outage = True
-                if outage.mode == "reset":
-                    decision.action, decision.when = "reset", "before_body"
-                elif outage.mode == "timeout":
-                    decision.action = "timeout"
-                else:
-                    decision.action = "error"
-                    decision.error = ApiError(
-                        int(outage.mode), outage.code, None, None, outage.retry_after, outage.retry_delay
-                    )
-                return decision
+            if not outage.active(t):
+                continue
+            if u_outage >= outage.rate:  # missed: the rest of the draw, rescaled, decides the next window
+                u_outage = (u_outage - outage.rate) / (1.0 - outage.rate)
+                continue
+            decision.outage = True
+            if outage.mode == "reset":
+                decision.action, decision.when = "reset", outage.when or "before_body"
+            elif outage.mode == "timeout":
+                decision.action = "timeout"
+            else:
+                decision.action = "error"
+                decision.error = ApiError(
+                    int(outage.mode), outage.code, None, None, outage.retry_after, outage.retry_delay, outage.plain
+                )
+            return decision
         if self._reset is not None and u_reset < self._reset.rate:
             decision.action, decision.when = "reset", self._reset.when
         elif u_error < self._error_rate:
@@ -1111,6 +1180,9 @@ class Sim:
         self.clock = clock
         self._lookaside_url = lookaside_url
         self._runners: list[web.ServerRunner] = []
+        self._sites: dict[str, web.TCPSite] = {}
+        self._refusing: set[str] = set()  # upstreams whose listener is closed (``mode: refused``)
+        self._watcher: asyncio.Task[None] | None = None
         self.scenario = scenario
         self.seed = 0
         self.stats = Stats()
@@ -1135,17 +1207,53 @@ class Sim:
                 self._runners.append(runner)
                 site = web.TCPSite(runner, self.host, self.ports[name])
                 await site.start()
+                self._sites[name] = site
                 self.ports[name] = int(runner.addresses[0][1])
         except BaseException:
             await self.close()
             raise
         self.restart()
+        self._watcher = asyncio.create_task(self._watch_refusals())
         return self
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
+
+    # ---- refused connections: a ``mode: refused`` window closes the host's listener
+
+    def refuses(self, upstream: str) -> bool:
+        """True while a ``refused`` window of ``upstream`` (its own outages, else the defaults') is active."""
+        outages = self.scenario.upstream(upstream).outages
+        windows = outages if outages is not None else self.scenario.defaults.outages or ()
+        t = self.elapsed()
+        return any(o.mode == "refused" and o.active(t) for o in windows)
+
+    async def apply_refusals(self) -> None:
+        """Close the listener of each upstream that refuses now (dropping its open connections), reopen the rest."""
+        for runner, name in zip(self._runners, UPSTREAMS, strict=False):
+            if self.refuses(name) and name not in self._refusing:
+                self._refusing.add(name)
+                await self._sites.pop(name).stop()
+                for handler in runner.server.connections if runner.server is not None else ():
+                    if handler.transport is not None:
+                        handler.transport.abort()
+            elif not self.refuses(name) and name in self._refusing:
+                site = web.TCPSite(runner, self.host, self.ports[name], reuse_address=True)
+                await site.start()
+                self._sites[name] = site
+                self._refusing.discard(name)
+
+    async def _watch_refusals(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):  # the port cannot be bound again yet: try on the next tick
+                await self.apply_refusals()
+            await asyncio.sleep(REFUSAL_TICK)
 
     def url(self, upstream: str) -> str:
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -1251,6 +1359,9 @@ class Sim:
         route, params = _ROUTERS[upstream](request.method, request.path)
         stats = self.stats.route(upstream, route)
         stats.requests += 1
+        if upstream in self._refusing or self.refuses(upstream):  # a connection that outlived the listener
+            stats.injected, stats.outage, stats.resets = stats.injected + 1, stats.outage + 1, stats.resets + 1
+            return _drop(request)
         if route == OTHER:
             await request.read()
             return self._count(stats, self._not_found(upstream, request))
@@ -1663,6 +1774,7 @@ class Sim:
             await request.read()
             restart = request.query.get("restart", "") in ("1", "true", "yes")
             self.restart() if restart else self.reset_counters()
+            await self.apply_refusals()  # the restarted clock may end a refused window: reopen at once
             return _json_response(200, {"reset": True, "restarted": restart})
         if path == "/_sim/scenario" and method == "GET":
             return _json_response(200, {"seed": self.seed, **self.scenario.model_dump(mode="json")})
@@ -1673,6 +1785,7 @@ class Sim:
             except ScenarioError as exc:
                 return _json_response(400, {"error": "invalid scenario", "problems": exc.problems})
             self.load(scenario)
+            await self.apply_refusals()
             return _json_response(200, {"loaded": scenario.name, "seed": self.seed})
         return _json_response(404, {"error": "unknown control path", "paths": _CONTROL_PATHS})
 
@@ -1813,7 +1926,7 @@ async def start_sim(
 
 
 def run_sim(
-    scenario_path: str | None,
+    scenario_path: str | Scenario | None,
     host: str,
     ports: Mapping[str, int],
     seed: int | None = None,
@@ -1823,7 +1936,10 @@ def run_sim(
     from .logs import configure, event
 
     try:
-        scenario = load_scenario(scenario_path) if scenario_path else Scenario(name="empty")
+        if isinstance(scenario_path, Scenario):
+            scenario = scenario_path
+        else:
+            scenario = load_scenario(scenario_path) if scenario_path else Scenario(name="empty")
     except ScenarioError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -541,7 +541,8 @@ def test_shipped_scenarios_load(name):
     [
         (
             "upstreams: {graph: {latency: {p50: 80ms}, errorz: {rate: 5%}}}",
-            "upstreams.graph.errorz: unknown key (expected one of: latency, errors, resets, outages, routes, limits)",
+            "upstreams.graph.errorz: unknown key"
+            " (expected one of: latency, errors, resets, outages, brownouts, routes, limits)",
         ),
         (
             "upstreams: {graph: {routes: {send: {}}}}",
@@ -561,7 +562,8 @@ def test_shipped_scenarios_load(name):
         ("defaults: {resets: {rate: 1%, when: later}}", "defaults.resets.when: input should be 'before_body'"),
         (
             "upstreams: {supabase: {outages: [{start: 1s, duration: 1s, mode: down}]}}",
-            "upstreams.supabase.outages[0].mode: expected reset, timeout or an HTTP status from 400 to 599, got 'down'",
+            "upstreams.supabase.outages[0].mode:"
+            " expected reset, timeout, refused or an HTTP status from 400 to 599, got 'down'",
         ),
         (
             "upstreams: {graph: {errors: {rate: 1%, mix: [{code: PGRST002}]}}}",
