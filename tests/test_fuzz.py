@@ -219,7 +219,7 @@ def retries() -> st.SearchStrategy[dict[str, Any]]:
 
 
 def breakers(shared: bool) -> st.SearchStrategy[dict[str, Any]]:
-    # recovery <= 60s <= recovery_max (built-in: 30s and 5m)
+    # recovery <= 60s <= recovery_max (built-in: 500ms and 2s; a recovery above is the ceiling)
     return block(
         mode=st.sampled_from(["consecutive", "rate"]),
         failure_threshold=st.integers(1, 10**6),
@@ -748,7 +748,8 @@ def _get(doc: Any, path: tuple[Any, ...]) -> Any:
 def _cross_broken(draw: st.DrawFn, doc: dict[str, Any], render: Render) -> Broken:
     """Break one cross-key rule of a valid document."""
     ups = doc.get("upstreams") or {}
-    options = ["entry_over_store", "admin_off_loopback", "readiness", "backoff", "recovery"]
+    # recovery above recovery_max is not an error (it is the ceiling: no doubling), so no "recovery" here
+    options = ["entry_over_store", "admin_off_loopback", "readiness", "backoff"]
     if len(ups) >= 2:
         options.append("same_prefix")
     if doc.get("cache_store", {}).get("type") != "redis":
@@ -767,11 +768,9 @@ def _cross_broken(draw: st.DrawFn, doc: dict[str, Any], render: Render) -> Broke
     elif choice == "readiness":
         doc["readiness"] = {"require": ["no-such-upstream"]}
         needle = "readiness.require[0]: no upstream named 'no-such-upstream'"
-    elif choice in ("backoff", "recovery"):
-        block_name = "retry" if choice == "backoff" else "breaker"
+    elif choice == "backoff":
+        block_name = "retry"
         broken_block: dict[str, Any] = {"backoff": {"base": "3s", "max": "2s"}}
-        if choice == "recovery":
-            broken_block = {"recovery": "10m", "recovery_max": "5m"}
         doc.setdefault("defaults", {})[block_name] = broken_block
         if not ups:
             doc["upstreams"] = ups = {"a": {"url": "http://127.0.0.1:1"}}
