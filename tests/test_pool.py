@@ -342,7 +342,7 @@ async def test_keep_warm_has_a_warm_connection_after_a_quiet_period_many_times_i
     before = up.accepted
     status, body, _, _ = await _get(gw, "/api/after-quiet")
     assert status == 200 and up.accepted == before  # no handshake for this request
-    assert body["conn"] > 1 and body["conn_age"] < 1.0  # a replacement, younger than idle_timeout
+    assert body["conn"] > 1 and body["conn_age"] < 1.3  # a replacement, about idle_timeout old at most
     assert 3 <= before <= 6  # one replacement about every 0.9 s while quiet
     assert [r.target for r in up.requests] == ["/first", "/after-quiet"]  # keep-warm sends no request
     assert up.open_now <= 2  # the replaced connections were closed
@@ -351,11 +351,11 @@ async def test_keep_warm_has_a_warm_connection_after_a_quiet_period_many_times_i
 async def test_keep_warm_guards_the_race_a_post_on_a_connection_past_the_upstreams_idle_limit(
     gateway_factory, counting
 ):
-    """The race: an upstream closes connections idle for its limit (1.2 s here); a request that
+    """The race: an upstream closes connections idle for its limit (1.5 s here); a request that
     meets the close is lost. A GET is resent by aiohttp; a POST (a WhatsApp send) cannot be: 502.
     With idle_timeout above the upstream's limit the gateway walks into it; below it (alone, or
     with keep-warm) every POST arrives on a connection the upstream still keeps."""
-    limit = 1.2
+    limit = 1.5  # 0.5 s above the 1 s idle_timeout below: room for a busy event loop
     cases = {
         "over_limit": "{idle_timeout: 5s, preconnect: 0, keep_warm: 0}",
         "under_limit": "{idle_timeout: 1s, preconnect: 0, keep_warm: 0}",
