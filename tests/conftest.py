@@ -55,12 +55,21 @@ settings.register_profile(
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """The nightly profile uses two cores: with pytest-xdist installed and no ``-n`` given, the
-    properties run in two worker processes, handed out one at a time (the longest take ~12 min)."""
-    nightly = config.getoption("hypothesis_profile", None) == "nightly"
-    xdist = config.pluginmanager.hasplugin("xdist") and not os.environ.get("PYTEST_XDIST_WORKER")
-    if nightly and xdist and getattr(config.option, "numprocesses", None) is None:
+    properties run in two worker processes, split by their ``xdist_group`` (``fuzz(worker=...)``
+    in tests/test_fuzz.py) into two halves of about 20 minutes of CPU each."""
+    if config.getoption("hypothesis_profile", None) != "nightly" or not config.pluginmanager.hasplugin("xdist"):
+        return
+    given = any(arg.startswith(("-n", "--numprocesses", "--dist")) for arg in config.invocation_params.args)
+    if given:
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker reads the command line again, where no --dist was given: it must name its tests
+        # by group (xdist's remote.py reads this option at collection), as the controller schedules.
+        config.option.loadgroup = True
+    else:
         config.option.numprocesses = 2
-        config.option.maxschedchunk = 1
+        config.option.dist = "loadgroup"
+
 
 ROOT = Path(__file__).resolve().parent.parent
 

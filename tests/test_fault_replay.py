@@ -38,6 +38,7 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@pytest.mark.slow
 def test_quick_run_exercises_every_path_and_route(tmp_path: Path) -> None:
     out = tmp_path / "fault-replay.json"
     done = subprocess.run(

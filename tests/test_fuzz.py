@@ -68,11 +68,14 @@ if FUZZ_EXAMPLES or NIGHTLY:
     pytestmark = pytest.mark.timeout(0)  # a long run takes minutes per property
 
 
-def fuzz(examples: int, most: int | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def fuzz(
+    examples: int, most: int | None = None, worker: str = "b"
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Settings for a property, and its ``fuzz`` mark. CI: ``examples``, derandomized. The nightly
     profile: its own count (10,000), random. ``FUZZ_EXAMPLES=N``: N examples, random, for bug hunts.
     ``most`` marks a property that starts the real program per example: at most that many in a
-    hunt, its CI count in the nightly, and no ``fuzz`` mark (``-m fuzz`` leaves it out)."""
+    hunt, its CI count in the nightly, and no ``fuzz`` mark (``-m fuzz`` leaves it out). ``worker``:
+    the nightly's worker process (xdist group) it runs in; "a" and "b" take about as long."""
     extra: dict[str, Any] = {}
     if os.environ.get("FUZZ_SHRINK") == "0":
         extra["phases"] = [Phase.explicit, Phase.generate]
@@ -95,7 +98,7 @@ def fuzz(examples: int, most: int | None = None) -> Callable[[Callable[..., None
 
     def apply(test: Callable[..., None]) -> Callable[..., None]:
         test = chosen(test)
-        return test if most is not None else pytest.mark.fuzz(test)
+        return test if most is not None else pytest.mark.xdist_group(worker)(pytest.mark.fuzz(test))
 
     return apply
 
@@ -495,7 +498,7 @@ def _effective(config: Config) -> list[Any]:
     return [replace(up, set_headers=dict.fromkeys(up.set_headers, "")) for up in resolve(config)]
 
 
-@fuzz(200)
+@fuzz(200, worker="a")
 @given(doc=valid_docs(), render=renderings())
 def test_valid_config_passes_check_and_round_trips(doc, render, env, workdir):
     text = render(doc)
@@ -829,7 +832,7 @@ def assert_config_error(path: Path, code: object, out: str, err: str, needle: st
     assert any(line.startswith(prefix + needle) for line in lines), (needle, err)
 
 
-@fuzz(300)
+@fuzz(300, worker="b")
 @given(case=broken_docs())
 def test_broken_config_is_one_clear_line_per_problem(case, env, workdir):
     path = workdir / "broken.yaml"
@@ -843,7 +846,7 @@ def test_broken_config_is_one_clear_line_per_problem(case, env, workdir):
 EDIT_ALPHABET = st.sampled_from(list(":{}[]-,&*!|>'\"%@`#?$ \t\n\r\\0123456789azé€\x00\x85\u2028\ufeff"))
 
 
-@fuzz(200)
+@fuzz(200, worker="a")
 @given(doc=valid_docs(), render=renderings(), data=st.data())
 def test_randomly_edited_config_never_crashes(doc, render, data, env, workdir):
     text = render(doc)
@@ -863,7 +866,7 @@ def test_randomly_edited_config_never_crashes(doc, render, data, env, workdir):
         assert_config_error(path, code, out, err)
 
 
-@fuzz(400)
+@fuzz(400, worker="b")
 @given(text=st.text(max_size=200) | st.binary(max_size=200))
 def test_any_text_is_a_config_or_a_config_error(text, env, workdir):
     if isinstance(text, bytes):
@@ -1382,13 +1385,13 @@ def _fuzz_one(fuzzed: FuzzedGateway, wire: Wire) -> None:
     fuzzed.alive()
 
 
-@fuzz(300)
+@fuzz(300, worker="b")
 @given(wire=wires("line"))
 def test_raw_request_lines(fuzzed, wire):
     _fuzz_one(fuzzed, wire)
 
 
-@fuzz(300)
+@fuzz(300, worker="b")
 @given(wire=wires("head"))
 def test_raw_headers_and_framing(fuzzed, wire):
     _fuzz_one(fuzzed, wire)
@@ -1421,7 +1424,7 @@ def chunked_bodies(draw: st.DrawFn) -> tuple[list[bytes], bytes, bool]:
     return pieces, data, too_long
 
 
-@fuzz(200)
+@fuzz(200, worker="b")
 @given(body=chunked_bodies())
 def test_raw_chunked_bodies(fuzzed, body):
     """Chunk framing as the gateway follows it (gateway.framing) and as llhttp parses it agree: the

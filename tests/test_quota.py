@@ -139,10 +139,15 @@ async def test_an_upstream_429_with_a_quota_failure_updates_the_view():
     k = keeper(clock, rpm=15)
     ticket = await k.admit("flash", "gemini")
     await ticket.settle(1, 429, google_429(quota_value="5", delay="20s"))
+    clock.now += 40
+    await k.admit("flash", "gemini")  # 1 of Google's 5 used: not our traffic's doing, nothing closed
+    for _ in range(3):
+        ticket = await k.admit("flash", "gemini")
+    await ticket.settle(1, 429, google_429(quota_value="5", delay="20s"))  # 5 of 5: explained
     error = await refused(k, "flash")
-    assert error.retry_after == pytest.approx(20.0)  # closed for RetryInfo's delay
-    clock.now += 21
-    for _ in range(4):  # the learned limit: 5 per minute (the first request counts too)
+    assert error.retry_after == pytest.approx(20.0)  # closed for RetryInfo's delay (the first slides out then)
+    clock.now += 61  # the minute slides past those five
+    for _ in range(5):  # the learned limit: 5 per minute
         await k.admit("flash", "gemini")
     error = await refused(k, "flash")
     assert error.details[0]["violations"][0]["quotaValue"] == "5"
@@ -324,16 +329,19 @@ async def test_tpm_counts_a_stream_when_it_ends_and_a_cut_stream_counts_what_it_
 
 async def test_an_upstream_429_closes_the_window_without_reaching_the_upstream_again(upstream_factory, gateway_factory):
     async def exhausted(request: web.BaseRequest, up: Upstream) -> web.StreamResponse:
-        return web.Response(status=429, body=google_429(quota_value="15", delay="40s"), content_type="application/json")
+        return web.Response(status=429, body=google_429(quota_value="2", delay="40s"), content_type="application/json")
 
     up = await upstream_factory(exhausted)
     gw = await gateway_factory(gemini_yaml(up.url, "{key: model, rpm: 15}"))
     status, headers, _ = await generate(gw.session, gw.url)
     assert status == 429 and "x-gateway-error" not in headers  # Google's own answer, passed on
+    assert up.count == 1  # one request of Google's two: not explained by our use, nothing closed
     status, headers, _ = await generate(gw.session, gw.url)
+    assert status == 429 and "x-gateway-error" not in headers
+    status, headers, _ = await generate(gw.session, gw.url)  # two of two used: the window is closed
     assert (status, headers["x-gateway-error"]) == (429, "quota_exhausted")
-    assert 38 <= int(headers["Retry-After"]) <= 40
-    assert up.count == 1
+    assert 38 <= int(headers["Retry-After"]) <= 60  # RetryInfo's 40 s, or the minute sliding past the two
+    assert up.count == 2
 
 
 async def test_two_processes_on_redis_share_one_quota(upstream_factory, gateway_process, redis_server: RedisServer):

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "soak.py"
 COLUMNS = {
@@ -39,6 +41,7 @@ COLUMNS = {
 DURATION, INTERVAL, WARMUP = 24, 2, 6
 
 
+@pytest.mark.slow
 def test_short_soak_writes_samples_and_a_verdict(tmp_path: Path) -> None:
     done = subprocess.run(
         [
