@@ -23,6 +23,9 @@ its own ``quota`` limits against it.
   shared capacity, another client of the project, a partial throttle) changes nothing: it goes
   back to the caller, and the next request is sent. The scenario suite showed why: closing on
   every 429 refused 90 % of generations during a partial throttle that let 70 % through directly.
+  While a window is closed (or a learned limit spent), one request passes every ``PROBE_EVERY``
+  seconds as long as the configured limits have room; a success forgets the closure and the learned
+  limits, as a breaker's probe closes it (local view only: a Redis-shared closure is not probed).
 - With a Redis cache store the windows live in Redis (one Lua script per admission, timed by
   Redis's clock), shared by every replica; while Redis is unavailable each replica counts alone.
 
@@ -57,6 +60,8 @@ PACIFIC = ZoneInfo("America/Los_Angeles")
 WINDOWS = ("rpm", "tpm", "rpd")
 MINUTE = 60
 LEARNED_FOR = 24 * 3600.0  # a limit learned from Google's 429 holds this long
+PROBE_EVERY = 2.0  # while a 429 holds a window closed (or a learned limit is spent): one request through per this
+
 EXPORTED_KEYS = 100  # gateway_quota_remaining shows at most this many key values per route
 _EPSILON = 1e-6
 
@@ -116,6 +121,7 @@ class Usage:
     day_requests: int = 0
     closed: dict[str, float] = field(default_factory=dict)
     learned: dict[str, tuple[int, float]] = field(default_factory=dict)  # window -> (limit, until)
+    probe_next: float = 0.0  # when the next probe may pass what Google's 429 taught (closed, learned)
     seen: dict[str, int] | None = None  # shared mode: the counts Redis last reported
 
     def _prune(self, now: float) -> None:
@@ -155,9 +161,9 @@ class Usage:
                 out[window] = limit
         return out
 
-    def wait(self, limits: dict[str, int], now: float) -> tuple[float, str]:
+    def wait(self, limits: dict[str, int], now: float, closed: bool = True) -> tuple[float, str]:
         """Seconds until every window has room for one more request (0.0: now), and the window
-        that waits longest."""
+        that waits longest. ``closed=False`` ignores the windows a 429 closed."""
         used = self.used(now)
         worst, which = 0.0, ""
         for window, limit in limits.items():
@@ -168,7 +174,8 @@ class Usage:
                 else:
                     column = 1 if window == "rpm" else 2
                     wait = _slide(list(self.slots), column, used[window], limit, now)
-            wait = max(wait, self.closed.get(window, 0.0) - now)
+            if closed:
+                wait = max(wait, self.closed.get(window, 0.0) - now)
             if wait > worst:
                 worst, which = wait, window
         return worst, which
@@ -380,9 +387,27 @@ class QuotaKeeper:
             except StoreUnavailable:
                 pass
         wait, window = usage.wait(limits, now)
+        if wait > 0 and (usage.closed or usage.learned):
+            # What Google's 429 taught holds the request back: let one through every PROBE_EVERY
+            # while the configured limits have room. Its success shows the lesson wrong (see
+            # ``reopen``): like a breaker's probe, so a closure never outlasts what caused it.
+            configured = {w: v for w in WINDOWS if (v := getattr(self.config, w)) is not None}
+            if usage.wait(configured, now, closed=False)[0] <= 0:
+                if now >= usage.probe_next:
+                    usage.probe_next = now + PROBE_EVERY
+                    wait = 0.0
+                else:
+                    wait = min(wait, usage.probe_next - now)
         if wait <= 0:
             usage.add(now, requests=1)
         return wait, window
+
+    def reopen(self, key: str | None) -> None:
+        """A request the upstream answered with success: forget the closed windows and learned
+        limits of ``key`` (they were wrong, or are over)."""
+        usage = self.usage(key)
+        usage.closed.clear()
+        usage.learned.clear()
 
     def _keys(self, key: str | None, now: float) -> list[str]:
         assert self.link is not None
@@ -489,3 +514,5 @@ class Ticket:
         await self.keeper.charge(self.key, self.meter.tokens or 0, max(0, tries - 1))
         if status == 429 and error_body:
             await self.keeper.observe(self.key, error_body)
+        elif status is not None and status < 400:
+            self.keeper.reopen(self.key)

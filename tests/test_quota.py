@@ -144,14 +144,31 @@ async def test_an_upstream_429_with_a_quota_failure_updates_the_view():
     for _ in range(3):
         ticket = await k.admit("flash", "gemini")
     await ticket.settle(1, 429, google_429(quota_value="5", delay="20s"))  # 5 of 5: explained
-    error = await refused(k, "flash")
-    assert error.retry_after == pytest.approx(20.0)  # closed for RetryInfo's delay (the first slides out then)
-    clock.now += 61  # the minute slides past those five
+    probe = await k.admit("flash", "gemini")  # one probe passes (the configured 15 have room)...
+    error = await refused(k, "flash")  # ...and the rest wait
+    assert error.retry_after == pytest.approx(2.0)  # the next probe, before the 20 s closure ends
+    await probe.settle(1, 429, google_429(quota_value="5", delay="20s"))
+    clock.now += 61  # the minute slides past those six
     for _ in range(5):  # the learned limit: 5 per minute
         await k.admit("flash", "gemini")
+    await k.admit("flash", "gemini")  # spent: a probe again
     error = await refused(k, "flash")
     assert error.details[0]["violations"][0]["quotaValue"] == "5"
     assert k.snapshot()["windows"] == [{"key": "flash", "window": "rpm", "remaining": 0, "limit": 5}]
+
+
+async def test_a_probe_that_succeeds_forgets_the_closure_and_the_learned_limit():
+    clock = Clock(4_000_000.0)
+    k = keeper(clock, rpm=15)
+    for _ in range(3):
+        ticket = await k.admit("flash", "gemini")
+    await ticket.settle(1, 429, google_429(quota_value="3", delay="50s"))  # explained: closed, limit 3
+    probe = await k.admit("flash", "gemini")
+    await refused(k, "flash")
+    await probe.settle(1, 200, b"")  # Google took it: the 429's lesson was wrong, or is over
+    for _ in range(5):
+        await k.admit("flash", "gemini")  # the configured 15 again, no closure
+    assert k.snapshot()["windows"] == [{"key": "flash", "window": "rpm", "remaining": 6, "limit": 15}]
 
 
 def test_the_token_meter_reads_counts_across_chunks_and_takes_the_last():
@@ -338,10 +355,12 @@ async def test_an_upstream_429_closes_the_window_without_reaching_the_upstream_a
     assert up.count == 1  # one request of Google's two: not explained by our use, nothing closed
     status, headers, _ = await generate(gw.session, gw.url)
     assert status == 429 and "x-gateway-error" not in headers
-    status, headers, _ = await generate(gw.session, gw.url)  # two of two used: the window is closed
+    status, headers, _ = await generate(gw.session, gw.url)  # two of two used: closed, but one probe passes
+    assert status == 429 and "x-gateway-error" not in headers
+    status, headers, _ = await generate(gw.session, gw.url)
     assert (status, headers["x-gateway-error"]) == (429, "quota_exhausted")
-    assert 38 <= int(headers["Retry-After"]) <= 60  # RetryInfo's 40 s, or the minute sliding past the two
-    assert up.count == 2
+    assert 1 <= int(headers["Retry-After"]) <= 2  # until the next probe
+    assert up.count == 3
 
 
 async def test_two_processes_on_redis_share_one_quota(upstream_factory, gateway_process, redis_server: RedisServer):
