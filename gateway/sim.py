@@ -205,6 +205,24 @@ class Resets(_Model):
     when: Literal["before_body", "after_body", "mid_body"] = "after_body"
 
 
+def _check_window(kind: str, duration: float, every: float | None) -> None:
+    """A window over the scenario clock (outages, brownouts): raise when it cannot happen as written."""
+    if duration <= 0:
+        raise _custom(kind, "duration must be longer than 0s")
+    if every is not None and every < duration:
+        raise _custom(kind, f"every ({format_duration(every)}) is shorter than duration ({format_duration(duration)})")
+
+
+def _in_window(t: float, start: float, duration: float, every: float | None) -> bool:
+    """Whether scenario time ``t`` falls in the window from ``start`` for ``duration``, again ``every``."""
+    if t < start:
+        return False
+    into = t - start
+    if every is not None:
+        into %= every
+    return into < duration
+
+
 class Outage(_Model):
     """From ``start`` (after sim start) for ``duration``, answer ``mode`` to ``rate`` of the requests.
 
@@ -228,13 +246,7 @@ class Outage(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Outage:
-        if self.duration <= 0:
-            raise _custom("outage", "duration must be longer than 0s")
-        if self.every is not None and self.every < self.duration:
-            raise _custom(
-                "outage",
-                f"every ({format_duration(self.every)}) is shorter than duration ({format_duration(self.duration)})",
-            )
+        _check_window("outage", self.duration, self.every)
         status_only = self.code is not None or self.retry_after or self.retry_delay or self.plain
         if self.mode in ("reset", "timeout", "refused") and status_only:
             raise _custom("outage", f"code, retry_after, retry_delay and plain need a status mode, not {self.mode}")
@@ -247,12 +259,7 @@ class Outage(_Model):
         return self
 
     def active(self, t: float) -> bool:
-        if t < self.start:
-            return False
-        into = t - self.start
-        if self.every is not None:
-            into %= self.every
-        return into < self.duration
+        return _in_window(t, self.start, self.duration, self.every)
 
 
 class Brownout(_Model):
@@ -265,22 +272,11 @@ class Brownout(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Brownout:
-        if self.duration <= 0:
-            raise _custom("brownout", "duration must be longer than 0s")
-        if self.every is not None and self.every < self.duration:
-            raise _custom(
-                "brownout",
-                f"every ({format_duration(self.every)}) is shorter than duration ({format_duration(self.duration)})",
-            )
+        _check_window("brownout", self.duration, self.every)
         return self
 
     def active(self, t: float) -> bool:
-        if t < self.start:
-            return False
-        into = t - self.start
-        if self.every is not None:
-            into %= self.every
-        return into < self.duration
+        return _in_window(t, self.start, self.duration, self.every)
 
 
 class Behaviour(_Model):
