@@ -62,7 +62,8 @@ from gateway.simgen import Generated, delayed, generate  # noqa: E402
 HOST = fr.HOST
 SIM_CONFIG = fr.SIM_CONFIG
 SEEDS_SCENARIO = fr.SCENARIOS_DIR / "seeds.yaml"
-BUILTIN_PATHS = ("direct", "nginx", "defaults", "shipped")
+BUILTIN_PATHS = ("direct", "nginx", "defaults", "shipped", "gateway_yaml")
+GATEWAY_YAML = fr.REPO_DIR / "gateway.yaml"
 BIND_ATTEMPTS = 3
 REPEAT_SEED_OFFSET = 100_000  # the sim's seed for a member's second replay: its seed + this
 SIM_PORTS = {8081: "graph", 8082: "gemini", 8083: "supabase", 8084: "lookaside"}  # sim.yaml's upstream URLs
@@ -161,6 +162,20 @@ def defaults_config(source: Path = SIM_CONFIG) -> tuple[dict[str, Any], list[str
         if routes:
             out["upstreams"][name]["routes"] = routes
     return out, dropped
+
+
+def shipped_on_sim(source: Path = GATEWAY_YAML, sim: Path = SIM_CONFIG) -> dict[str, Any]:
+    """The repository's ``gateway.yaml`` as it ships, each upstream's URL replaced by sim.yaml's for the same name.
+
+    Everything else (timeouts, retries, breakers, caches, limits, environment defaults) is the file's own,
+    so the suite measures the default a new user runs rather than a copy tuned for the sim.
+    """
+    data, urls = load_yaml(source), {n: u["url"] for n, u in (load_yaml(sim).get("upstreams") or {}).items()}
+    for name, up in (data.get("upstreams") or {}).items():
+        if name not in urls:
+            raise ValueError(f"{source}: upstream {name!r} has no counterpart in {sim}")
+        up["url"] = urls[name]
+    return data
 
 
 def point_at_sim(config: dict[str, Any], sim_ports: dict[str, int], port: int, admin_port: int) -> str:
@@ -404,7 +419,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     half.add_argument("--tuning", action="store_true", help="only the tuning half: seeds and even seeds")
     half.add_argument("--holdout", action="store_true", help="only the held-out half: odd seeds")
     ap.add_argument(
-        "--paths", default=None, help="comma-separated paths (default: direct,nginx,defaults,shipped + named)"
+        "--paths",
+        default=None,
+        help="comma-separated paths (default: direct,nginx,defaults,shipped,gateway_yaml + named)",
     )
     ap.add_argument(
         "--gateway-config",
@@ -489,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     configs["shipped"] = load_yaml(SIM_CONFIG)
     described["shipped"] = {"what": "config/examples/sim.yaml"}
+    configs["gateway_yaml"] = shipped_on_sim()
+    described["gateway_yaml"] = {"what": "gateway.yaml, its upstream URLs replaced by sim.yaml's"}
     for name, path in args.named.items():
         try:
             configs[name] = load_yaml(path)

@@ -91,6 +91,21 @@ def test_pointing_a_config_at_the_sim_rewrites_ports_and_refuses_foreign_urls():
         fault_suite.point_at_sim(shipped, SIM_PORTS, 18080, 19901)
 
 
+def test_the_gateway_yaml_path_is_the_shipped_file_with_only_its_urls_changed():
+    config = fault_suite.shipped_on_sim()
+    shipped = fault_suite.load_yaml(fault_suite.GATEWAY_YAML)
+    for name, up in shipped["upstreams"].items():
+        assert config["upstreams"][name]["url"].startswith("http://127.0.0.1:808"), name
+        assert {k: v for k, v in config["upstreams"][name].items() if k != "url"} == {
+            k: v for k, v in up.items() if k != "url"
+        }
+    assert {k: v for k, v in config.items() if k != "upstreams"} == {
+        k: v for k, v in shipped.items() if k != "upstreams"
+    }
+    text = fault_suite.point_at_sim(config, SIM_PORTS, 18080, 19901)
+    assert str(parse_config(text).upstreams["graph"].url).startswith("http://127.0.0.1:18081")
+
+
 def _run(member: str, half: str, path: str, rates: dict[str, float], n: int = 100, repeat: int = 0) -> dict[str, Any]:
     routes = {r: {"requests": n, "success_rate": rates.get(r, 1.0), "amplification": 1.0} for r in ROUTES}
     kinds = {
@@ -135,7 +150,7 @@ def test_report_takes_median_and_worst_and_lists_losses_beyond_the_margin():
 )
 def test_quick_suite_runs_every_path_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "suite.json"
-    argv = [sys.executable, str(SCRIPT), "--suite", "2", "--quick", "--parallel", "10", "--no-save", "--json", str(out)]
+    argv = [sys.executable, str(SCRIPT), "--suite", "2", "--quick", "--parallel", "12", "--no-save", "--json", str(out)]
     argv += ["--gateway-config", f"copy={SIM_YAML}", "--no-progress"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=110, cwd=tmp_path)
     assert done.returncode == 0, (
@@ -144,11 +159,11 @@ def test_quick_suite_runs_every_path_end_to_end(tmp_path: Path) -> None:
     assert "## Success rate: median / worst member (all members)" in done.stdout
     assert not list(tmp_path.glob("*.md"))  # --no-save
     data = json.loads(out.read_text())
-    paths = ("direct", "nginx", "defaults", "shipped", "copy")
+    paths = ("direct", "nginx", "defaults", "shipped", "gateway_yaml", "copy")
     assert list(data["meta"]["paths"]) == list(paths)
     assert [(m["name"], m["half"]) for m in data["meta"]["members"]] == [("seeds", "tuning"), ("1", "holdout")]
     assert "retry" not in data["meta"]["paths"]["defaults"]["config"]
-    assert len(data["runs"]) == 10 and all("error" not in r for r in data["runs"])
+    assert len(data["runs"]) == 12 and all("error" not in r for r in data["runs"])
     for r in data["runs"]:
         assert set(r["routes"]) == set(ROUTES), (r["member"], r["path"])
         assert all(x["requests"] > 0 and 0 <= x["success_rate"] <= 1 for x in r["routes"].values())
@@ -159,7 +174,7 @@ def test_quick_suite_runs_every_path_end_to_end(tmp_path: Path) -> None:
         assert block["all"]["members"] == 2 and block["all"]["worst"] <= block["all"]["median"]
     assert set(data["summary"]) == {"all", "tuning", "holdout"}
     for loss in data["losses"]:
-        assert loss["path"] in ("defaults", "shipped", "copy") and loss["against"]
+        assert loss["path"] in ("defaults", "shipped", "gateway_yaml", "copy") and loss["against"]
     again = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "suite_report.py"), str(out), str(out), "--margin", "100"],
         capture_output=True,
