@@ -39,10 +39,11 @@ decided about that period. Not thread-safe: one breaker belongs to one event loo
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -62,6 +63,7 @@ __all__ = [
     "CircuitBreaker",
     "IllegalTransition",
     "Permit",
+    "admit",
     "next_state",
 ]
 
@@ -97,6 +99,7 @@ STATE_VALUES: Final[dict[str, int]] = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 """The value of ``gateway_breaker_state`` for each state (contract §4)."""
 
 HALF_OPEN_BUSY_RETRY_AFTER: Final = 1.0
+WAIT_POLL: Final = 0.25  # a waiting request looks again at least this often (a probe may close it sooner)
 """Retry-After (seconds) when open with the recovery passed but another replica holding the probe
 lease: that replica's probe decides within about one try."""
 
@@ -318,10 +321,11 @@ class CircuitBreaker:
         """Whether ``outcome`` is in ``failure_on`` (also what ``stale_if_error`` covers)."""
         return self._failure_on.matches(outcome)
 
-    def acquire(self) -> Permit:
+    def acquire(self, counted: bool = True) -> Permit:
         """Leave for one try. Raises BreakerOpen when open (``retry_after`` = seconds until half-open;
         None when forced open: no wait is known), or when half-open with all
-        ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``)."""
+        ``half_open_requests`` probe slots taken (``retry_after`` = ``HALF_OPEN_BUSY_RETRY_AFTER``).
+        ``counted=False``: a refusal is not counted in ``refusals`` (a waiting request that asks again)."""
         self._maybe_half_open()
         state = self._state
         now = self.clock()
@@ -334,18 +338,19 @@ class CircuitBreaker:
                 self._probes.append(permit)
                 return permit
             text = f"is half-open and its probe is in flight ({self._since(now)}; next probe in {free_in:.1f}s)"
-            raise self._refused("half_open", text, free_in)
+            raise self._refused("half_open", text, free_in, counted)
         if self._forced:
-            raise self._refused("forced", f"is held open by an operator ({self._since(now)})", None)
+            raise self._refused("forced", f"is held open by an operator ({self._since(now)})", None, counted)
         wait = self.retry_after()
         if not wait:  # recovery passed, but another replica holds the probe lease
             raise self._refused(
-                "open", f"is open; another replica is probing ({self._since(now)})", HALF_OPEN_BUSY_RETRY_AFTER
+                "open", f"is open; another replica is probing ({self._since(now)})", HALF_OPEN_BUSY_RETRY_AFTER, counted
             )
-        raise self._refused("open", f"is open ({self._since(now)}; next probe in {wait:.1f}s)", wait)
+        raise self._refused("open", f"is open ({self._since(now)}; next probe in {wait:.1f}s)", wait, counted)
 
-    def _refused(self, why: str, text: str, retry_after: float | None) -> BreakerOpen:
-        self.refusals[why] += 1
+    def _refused(self, why: str, text: str, retry_after: float | None, counted: bool) -> BreakerOpen:
+        if counted:
+            self.refusals[why] += 1
         err = BreakerOpen(f"circuit breaker {self.name} {text}", upstream=self.upstream, retry_after=retry_after)
         err.state = why
         return err
@@ -528,3 +533,29 @@ class CircuitBreaker:
 
     def _reset_window(self) -> None:
         self._window = SlidingCounts(self.config.window, 2, self.clock)  # (samples, failures)
+
+
+async def admit(
+    breaker: CircuitBreaker, wait: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> Permit:
+    """``breaker.acquire()``, but a refusal waits up to ``wait`` seconds for the breaker to let it through.
+
+    ``breaker.wait`` (README, "Waiting for the breaker"): while the breaker is open or half-open and
+    busy, the request sleeps until the next probe window (looking again every ``WAIT_POLL`` at most, so
+    a probe that closes the breaker lets the waiters go within that), then asks again; it takes a probe
+    slot when one frees, or goes through once the breaker has closed. Only the last refusal is counted
+    and raised (``BreakerOpen``); a breaker forced open by an operator refuses at once. ``wait`` <= 0 is
+    ``acquire()``.
+    """
+    end = breaker.clock() + wait
+    while True:
+        left = end - breaker.clock()
+        if left <= 0 or breaker.forced:
+            return breaker.acquire()
+        free_in = breaker.next_probe_in()  # None: closed; 0: a probe slot is free
+        if not free_in:
+            try:
+                return breaker.acquire(counted=False)
+            except BreakerOpen:  # another replica holds the probe lease: not the last word
+                free_in = HALF_OPEN_BUSY_RETRY_AFTER
+        await sleep(min(left, free_in, WAIT_POLL))

@@ -334,6 +334,9 @@ class Breaker(Model):
     half_open_requests: int = Field(1, ge=1)
     failure_on: tuple[Outcome, ...] = ("connect-failure", "timeout", "5xx")
     shared: bool = False
+    # A refused request with no STALE answer waits up to this long (never past its deadline) for the
+    # next probe window, then asks again. 0s: refused at once, in under 1 ms (contract §2). README.
+    wait: Duration = 0.0
 
     @property
     def ceiling(self) -> float:

@@ -46,6 +46,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import answers, framing, outcomes
 from . import cache as cachemod
+from .breaker import admit
 from .cache import FlightResult, Shared
 from .cachestore import Entry
 from .config import Cache as CachePolicy
@@ -273,6 +274,7 @@ class Call:
     request: web.BaseRequest | None = None  # None for a background refresh, which has ``outgoing`` set
     outgoing: CIMultiDict[str] | None = None
     meter: TokenMeter | None = None  # reads the answer's token count for a ``quota``
+    fallback: bool = False  # a STALE answer is ready if the upstream fails: never wait for the breaker
 
     @property
     def headers(self) -> CIMultiDict[str]:
@@ -395,7 +397,8 @@ class Proxy:
         quota = route.quota
         ticket = None if quota is None else await quota.admit(quota.key_of(call.params), upstream.name)
         call.meter = None if ticket is None else ticket.meter
-        permit = route.breaker.acquire()  # open: BreakerOpen now, before any queueing
+        wait = 0.0 if call.fallback else min(route.breaker.config.wait, call.deadline - time.monotonic())
+        permit = await admit(route.breaker, wait) if wait > 0 else route.breaker.acquire()  # before any queueing
         upstream.inflight += 1
         self.metrics.child(self.metrics.inflight, upstream.name).inc()
         last: Attempt | None = None
@@ -656,6 +659,7 @@ class Proxy:
             flight = cache.flights[primary] = asyncio.get_running_loop().create_future()
         shared: FlightResult = None
         epoch = cache.epoch(call.upstream.name)
+        call.fallback = stale is not None
         try:
             async with self._upstream(call) as attempt:
                 if attempt.response is None:
