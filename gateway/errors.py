@@ -1,8 +1,11 @@
 """The gateway's errors: one hierarchy, each answer carrying its contract code and status.
 
+Every exception the gateway raises, or maps from a library's, is a class of this module:
+
     GatewayError                      an answer the gateway makes itself (contract §3)
     ├── NoRoute                       404 no_route
     ├── BadRequest                    400 bad_request
+    │   └── MalformedBody             400 the body's framing broke after its head (connection closed)
     ├── BodyTooLarge                  413 body_too_large
     ├── RequestTimeout                408 request_timeout (the client's body stalled; not in the contract)
     ├── RateLimited                   429 rate_limited
@@ -16,32 +19,59 @@
     ├── IdempotencyConflict           409 idempotency_conflict
     ├── IdempotencyMismatch           422 idempotency_mismatch
     └── QuotaExhausted                429 quota_exhausted
+    ClientGone                        the client left mid-body: nobody to answer (logged 499 client_disconnected)
+    MalformedAnswer                   an upstream answer that must not be relayed (a 101, a control character
+                                      in a header); an aiohttp ClientError, so it maps to ``reset`` → 502
+    ProtocolRefused                   a request aiohttp parsed that the proxy port refuses before any handler
+                                      (pipelined, HTTP/2, a framing look-alike) → 400 bad_request
+    └── ChunkLineTooLong              a chunk-size line over ``server.max_chunk_line`` → 400 bad_request
+    StoreUnavailable                  Redis failed, timed out or is marked down: the caller falls back
+    IllegalTransition                 a breaker event its state does not accept (a bug, never an answer)
     ConfigError                       gateway.yaml is not valid; carries every problem found
+    ├── (PatternError)                a path pattern that does not compile (a ValueError; becomes a problem)
+    └── (TlsFileError)                a ``tls:`` file that cannot be used (a ValueError; becomes a problem)
 
-``gateway.answers`` renders a GatewayError in the upstream's own error format (contract §3).
-``details`` holds extra google.rpc detail objects an error carries (the ``QuotaFailure`` of a
-``quota_exhausted``); the Gemini format appends them to the ones it writes itself.
+The translation happens at two boundaries: ``outcomes.classify`` maps what an upstream exchange
+raised (aiohttp, OS and timeout errors, MalformedAnswer) to an ``Outcome`` and ``outcomes.failure``
+maps a failed outcome to its GatewayError; the proxy's body reader maps the client's side
+(``RequestBody``: ClientGone, MalformedBody, RequestTimeout, BodyTooLarge). ``gateway.answers``
+renders every GatewayError, in the upstream's own error format (contract §3), on the proxy port,
+for raw protocol refusals and on the admin port. ``details`` holds extra google.rpc detail objects
+an error carries (the ``QuotaFailure`` of a ``quota_exhausted``); the Gemini format appends them
+to the ones it writes itself.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import aiohttp
+from aiohttp.http_exceptions import BadHttpMessage
+
 __all__ = [
     "BadRequest",
     "BodyTooLarge",
     "BreakerOpen",
+    "ChunkLineTooLong",
+    "ClientGone",
     "ConfigError",
     "Draining",
     "FaultInjected",
     "GatewayError",
     "IdempotencyConflict",
     "IdempotencyMismatch",
+    "IllegalTransition",
+    "MalformedAnswer",
+    "MalformedBody",
     "NoRoute",
     "Overloaded",
+    "PatternError",
+    "ProtocolRefused",
     "QuotaExhausted",
     "RateLimited",
     "RequestTimeout",
+    "StoreUnavailable",
+    "TlsFileError",
     "UpstreamReset",
     "UpstreamTimeout",
     "UpstreamUnreachable",
@@ -87,6 +117,10 @@ class BadRequest(GatewayError):
     """The request breaks the request-hygiene rules and is never forwarded."""
 
     code, status = "bad_request", 400
+
+
+class MalformedBody(BadRequest):
+    """The request body's framing broke after its head was accepted (a bad chunk size)."""
 
 
 class BodyTooLarge(GatewayError):
@@ -175,3 +209,42 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class PatternError(ValueError):
+    """A path pattern that cannot be compiled; the message says why."""
+
+
+class TlsFileError(ValueError):
+    """A ``tls:`` file cannot be used; ``key`` names the setting (``ca_file``, ``cert_file``, ``key_file``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request body was being read."""
+
+
+class MalformedAnswer(aiohttp.ClientError):
+    """The upstream's answer cannot be relayed: a 1xx status or a control character in a header."""
+
+
+class ProtocolRefused(BadHttpMessage):
+    """A request aiohttp parsed but the gateway refuses before any handler sees it."""
+
+
+class ChunkLineTooLong(ProtocolRefused):
+    """A chunk-size line (extensions included) longer than ``server.max_chunk_line``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a chunk-size line (with its extensions) is longer than {limit} bytes")
+
+
+class StoreUnavailable(ConnectionError):
+    """Redis failed, timed out, or is marked down: the caller falls back to local state."""
+
+
+class IllegalTransition(RuntimeError):
+    """An event that the current state does not accept (a bug in the caller, never an answer)."""

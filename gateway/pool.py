@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,64 +51,16 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from .logs import event, redact_text
+from .tls import tls_context
 
 if TYPE_CHECKING:
     from .config import Pool as PoolPolicy
     from .config import Tls
 
-__all__ = ["Plan", "Pool", "TlsFileError", "WarmConnector", "plan", "tls_context"]
+__all__ = ["Plan", "Pool", "WarmConnector", "plan"]
 
 _log = logging.getLogger("gateway")
 _BACKOFF_MAX = 60.0  # seconds between warm connects while they fail
-
-
-# --------------------------------------------------------------------------- TLS
-
-
-class TlsFileError(ValueError):
-    """A ``tls:`` file cannot be used; ``key`` names the setting (``ca_file``, ``cert_file``, ``key_file``)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class _EncryptedKey(Exception):
-    """The key file asks for a password (the gateway never prompts)."""
-
-
-def _no_password() -> str:
-    raise _EncryptedKey
-
-
-def tls_context(tls: Tls) -> ssl.SSLContext:
-    """The client TLS context for ``tls``: verified, hostname checked, with its CA bundle and
-    client certificate. Raises TlsFileError naming the file that cannot be used and why."""
-    for key in ("ca_file", "cert_file", "key_file"):
-        path = getattr(tls, key)
-        if path is not None:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise TlsFileError(key, f"cannot read {path!r}: {exc.strerror or exc}") from None
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except ssl.SSLError as exc:
-        raise TlsFileError("ca_file", f"{tls.ca_file!r} holds no PEM CA certificate ({exc.reason or exc})") from None
-    if tls.cert_file:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
-        except _EncryptedKey:
-            where = "key_file" if tls.key_file else "cert_file"
-            raise TlsFileError(where, "the private key is encrypted; give the gateway an unencrypted key") from None
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                raise TlsFileError("key_file", "the private key does not belong to the certificate") from None
-            raise TlsFileError(
-                "cert_file", f"cannot load a PEM certificate and its private key ({exc.reason or 'PEM lib'})"
-            ) from None
-    return context
 
 
 def _file_stamp(path: str | None) -> tuple[str, int, int] | None:

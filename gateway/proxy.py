@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from .idempotency import Claim
     from .quota import TokenMeter
     from .runtime import Route, Runtime, Upstream
-    from .server import State
+    from .state import State
 
 __all__ = ["Proxy"]
 

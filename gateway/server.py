@@ -51,32 +51,21 @@ from .errors import (
     RequestTimeout,
 )
 from .framing import ChunkLineTooLong, WireFraming
-from .history import History
 from .hygiene import screen_framing
 from .logs import configure, event
 from .metrics import Metrics
 from .proxy import Proxy
 from .redislink import RedisLink
 from .runtime import Runtime
+from .state import State
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
 
     from .breaker import CircuitBreaker
 
-__all__ = ["Gateway", "State", "descriptor_budget"]
+__all__ = ["Gateway", "descriptor_budget"]
 
-
-@dataclass(slots=True)
-class State:
-    """What the request path reads from the process: the current runtime, metrics, cache, drain flag."""
-
-    runtime: Runtime
-    metrics: Metrics
-    cache: ResponseCache
-    draining: bool = False
-    inflight: int = 0
-    history: History = field(default_factory=History)  # the status page's 15 minutes
 
 
 # File descriptors kept aside from client connections: listeners, the event loop, logs, Redis,
