@@ -46,6 +46,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import answers, framing, outcomes
 from . import cache as cachemod
+from .aiohttp_compat import write_continue
 from .cache import FlightResult, Shared
 from .cachestore import Entry
 from .config import Cache as CachePolicy
@@ -176,8 +177,7 @@ class RequestBody:
             return cls(request, None, b"", limit, idle)
         if request.version == HttpVersion11 and request.headers.get("expect", "").lower() == "100-continue":
             # The client waits for this before sending the body (curl: 1 s, then sends anyway).
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the answer proper has not started
+            await write_continue(request)
         if length is not None and length > replay_limit:
             return cls(request, None, b"", limit, idle)  # streamed, Content-Length kept
         want = (length if length is not None else replay_limit + 1) or 0
