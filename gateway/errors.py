@@ -23,18 +23,20 @@ Every exception the gateway raises, or maps from a library's, is a class of this
     MalformedAnswer                   an upstream answer that must not be relayed (a 101, a control character
                                       in a header); an aiohttp ClientError, so it maps to ``reset`` → 502
     ProtocolRefused                   a request aiohttp parsed that the proxy port refuses before any handler
-                                      (pipelined, HTTP/2, a framing look-alike) → 400 bad_request
+    │                                 (pipelined, HTTP/2, a framing look-alike) → 400 bad_request
     └── ChunkLineTooLong              a chunk-size line over ``server.max_chunk_line`` → 400 bad_request
     StoreUnavailable                  Redis failed, timed out or is marked down: the caller falls back
     IllegalTransition                 a breaker event its state does not accept (a bug, never an answer)
     ConfigError                       gateway.yaml is not valid; carries every problem found
-    ├── (PatternError)                a path pattern that does not compile (a ValueError; becomes a problem)
-    └── (TlsFileError)                a ``tls:`` file that cannot be used (a ValueError; becomes a problem)
+    PatternError                      a path pattern that does not compile (the config makes it a problem)
+    TlsFileError                      a ``tls:`` file that cannot be used (the config makes it a problem)
 
-The translation happens at two boundaries: ``outcomes.classify`` maps what an upstream exchange
-raised (aiohttp, OS and timeout errors, MalformedAnswer) to an ``Outcome`` and ``outcomes.failure``
-maps a failed outcome to its GatewayError; the proxy's body reader maps the client's side
-(``RequestBody``: ClientGone, MalformedBody, RequestTimeout, BodyTooLarge). ``gateway.answers``
+Foreign exceptions are translated at one place per side: ``outcomes.classify`` maps what an
+upstream exchange raised (aiohttp, OS and timeout errors, MalformedAnswer) to an ``Outcome`` and
+``outcomes.failure`` maps a failed outcome to its GatewayError; the proxy's body reader maps the
+client's body (``proxy.body.RequestBody``: ClientGone, MalformedBody, RequestTimeout,
+BodyTooLarge); ``listener.HardenedHandler.handle_error`` maps what aiohttp's request parser refused
+(414, 431, 400). ``gateway.answers``
 renders every GatewayError, in the upstream's own error format (contract §3), on the proxy port,
 for raw protocol refusals and on the admin port. ``details`` holds extra google.rpc detail objects
 an error carries (the ``QuotaFailure`` of a ``quota_exhausted``); the Gemini format appends them
