@@ -10,7 +10,7 @@ rest of the gateway subclasses what is here and uses only public names: ``Handle
 
 aiohttp is pinned below its next minor release in pyproject.toml (``>=3.11,<3.15``): these names
 are the same in 3.11–3.14. ``PRIVATE_NAMES`` lists each one; ``check()`` verifies that every one
-exists with the shape used here, and ``tests/test_aiohttp_compat.py`` runs it, so an aiohttp that
+exists with the shape used here (and that no name the bases add hides one aiohttp added since), and ``tests/test_aiohttp_compat.py`` runs it, so an aiohttp that
 moves one fails that test naming the attribute. Raising the pin means running that test first.
 """
 
@@ -228,6 +228,14 @@ async def check() -> list[str]:
         expect("aiohttp.web_protocol", "_ErrInfo", fields == (400, "x"), "(status, exc, message)")
     except TypeError:
         expect("aiohttp.web_protocol", "_ErrInfo", False, "a class made with (status=, exc=, message=)")
+
+    for ours, theirs in ((HandlerBase, RequestHandler), (ServerBase, web.Server)):
+        for name in vars(ours):
+            if not name.startswith("_") and hasattr(theirs, name):
+                problems.append(
+                    f"aiohttp {aiohttp.__version__}: {theirs.__name__}.{name} now exists and "
+                    f"{ours.__name__}.{name} hides it (gateway/aiohttp_compat.py)"
+                )
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response()
