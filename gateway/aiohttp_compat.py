@@ -10,8 +10,9 @@ rest of the gateway subclasses what is here and uses only public names: ``Handle
 
 aiohttp is pinned below its next minor release in pyproject.toml (``>=3.11,<3.15``): these names
 are the same in 3.11–3.14. ``PRIVATE_NAMES`` lists each one; ``check()`` verifies that every one
-exists with the shape used here (and that no name the bases add hides one aiohttp added since), and ``tests/test_aiohttp_compat.py`` runs it, so an aiohttp that
-moves one fails that test naming the attribute. Raising the pin means running that test first.
+exists with the shape used here, and that no name the bases add hides one aiohttp added since;
+``tests/test_aiohttp_compat.py`` runs it, so an aiohttp that moves one fails that test naming the
+attribute. Raising the pin means running that test first.
 """
 
 from __future__ import annotations
