@@ -30,6 +30,7 @@ Every exception the gateway raises, or maps from a library's, is a class of this
     ConfigError                       gateway.yaml is not valid; carries every problem found
     PatternError                      a path pattern that does not compile (the config makes it a problem)
     TlsFileError                      a ``tls:`` file that cannot be used (the config makes it a problem)
+    EncryptedKey                      a ``tls.key_file`` asks for a password (never prompted): a TlsFileError
 
 Foreign exceptions are translated at one place per side: ``outcomes.classify`` maps what an
 upstream exchange raised (aiohttp, OS and timeout errors, MalformedAnswer) to an ``Outcome`` and
@@ -58,6 +59,7 @@ __all__ = [
     "ClientGone",
     "ConfigError",
     "Draining",
+    "EncryptedKey",
     "FaultInjected",
     "GatewayError",
     "IdempotencyConflict",
@@ -223,6 +225,10 @@ class TlsFileError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class EncryptedKey(Exception):
+    """The private key file asks for a password; ``tls.tls_context`` reports it as a TlsFileError."""
 
 
 class ClientGone(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from typing import Protocol
 
-from .errors import TlsFileError
+from .errors import EncryptedKey, TlsFileError
 
 __all__ = ["TlsFiles", "tls_context"]
 
@@ -27,12 +27,8 @@ class TlsFiles(Protocol):
     def key_file(self) -> str | None: ...
 
 
-class _EncryptedKey(Exception):
-    """Private signal: the key file asks for a password (the gateway never prompts); becomes a TlsFileError."""
-
-
 def _no_password() -> str:
-    raise _EncryptedKey
+    raise EncryptedKey
 
 
 def tls_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -53,7 +49,7 @@ def tls_context(tls: TlsFiles) -> ssl.SSLContext:
     if tls.cert_file:
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
-        except _EncryptedKey:
+        except EncryptedKey:
             where = "key_file" if tls.key_file else "cert_file"
             raise TlsFileError(where, "the private key is encrypted; give the gateway an unencrypted key") from None
         except ssl.SSLError as exc:
