@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -22,15 +22,13 @@ from .config import redacted
 from .errors import GatewayError
 from .logs import redact_data, redact_text
 from .metrics import CONTENT_TYPE
+from .state import Control
 from .statuspage import routes as status_page_routes
-
-if TYPE_CHECKING:
-    from .server import Gateway
 
 __all__ = ["build_admin_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-GATEWAY_KEY = web.AppKey("gateway", object)
+CONTROL_KEY: web.AppKey[Control] = web.AppKey("control")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -44,8 +42,8 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return error_response(GatewayError(message, status=status, code=code))
 
 
-def _gateway(request: web.Request) -> Gateway:
-    return request.app[GATEWAY_KEY]  # type: ignore[return-value]
+def _gateway(request: web.Request) -> Control:
+    return request.app[CONTROL_KEY]
 
 
 @web.middleware
@@ -171,10 +169,10 @@ async def cache_purge(request: web.Request) -> web.Response:
     return _json({"deleted": deleted, "upstream": upstream, "path_prefix": prefix})
 
 
-def build_admin_app(gateway: Gateway) -> web.Application:
-    """The admin application for ``gateway``."""
+def build_admin_app(gateway: Control) -> web.Application:
+    """The admin application for ``gateway`` (the process, seen through ``Control``)."""
     app = web.Application(middlewares=[require_token])
-    app[GATEWAY_KEY] = gateway
+    app[CONTROL_KEY] = gateway
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/health", health)

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from .config import Breaker
-from .errors import BreakerOpen
+from .errors import BreakerOpen, IllegalTransition
 from .outcomes import Outcome, OutcomeSet
 from .window import SlidingCounts
 
@@ -109,10 +109,6 @@ replicas (and breakers of one upstream) that opened together do not probe in loc
 
 HISTORY: Final = 8
 """Transitions kept for the snapshot (``transitions``: the latest first)."""
-
-
-class IllegalTransition(RuntimeError):
-    """An event that the current state does not accept (a bug in the caller, never an answer)."""
 
 
 def next_state(state: str, event: str) -> str:

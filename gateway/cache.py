@@ -7,8 +7,9 @@ Owns contract §2 ``cache`` and ``invalidates``. The proxy asks, in order:
 2. ``primary_key(...)``: method (GET: a HEAD reads the GET entry), upstream, raw path, raw query and
    the configured ``vary`` headers' values, all hashed with SHA-256; then ``ResponseCache.lookup``,
    which adds the values of the headers the upstream's own ``Vary`` named (``full_key``).
-3. On a miss, one request per key goes upstream (``flights``; keys whose last answer could not be
-   shared skip the queue for a while, ``passes``); ``verdict(...)`` decides whether
+3. On a miss, one request per key goes upstream (``Flights``: ``with flights.lead(key) as flight:``
+   … ``flight.publish(answer)``; the others ``wait`` for what it got; keys whose last answer could
+   not be shared skip the queue for a while); ``verdict(...)`` decides whether
    its answer may be stored: a status in ``statuses``; no ``Vary: *``, ``no-store``, ``Set-Cookie``;
    ``private`` only when ``authorization`` is in ``vary``; the upstream's ``s-maxage``/``max-age``
    lowers ``ttl``, its ``no-cache`` makes it 0 (kept only for the stale windows).
@@ -23,11 +24,12 @@ Header values reach keys only as digests; the store never sees a request header 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,9 @@ from .logs import event
 __all__ = [
     "STALE",
     "Asked",
+    "Flight",
+    "FlightResult",
+    "Flights",
     "ResponseCache",
     "Shared",
     "Verdict",
@@ -224,6 +229,83 @@ STALE = _Stale()
 FlightResult = Shared | GatewayError | _Stale | None  # None: nothing to share, fetch yourself
 
 
+class Flight:
+    """One fetch of a key; what it ``publish``es is what the requests waiting on the key get."""
+
+    __slots__ = ("leading", "result")
+
+    def __init__(self, leading: bool) -> None:
+        self.leading = leading  # False: nobody waits on this fetch (another leads, or the key passes)
+        self.result: FlightResult = None
+
+    def publish(self, result: FlightResult) -> None:
+        """What the waiters may reuse: an answer read whole, STALE (serve your stale entry), an error."""
+        self.result = result
+
+
+class Flights:
+    """Request collapsing: one fetch per key at a time, the others wait for what it got.
+
+    Keys whose last fetch published nothing (an answer that could be neither stored nor shared: a
+    2xx with no-store, a stream) ``pass`` for PASS_SECONDS: their misses go upstream at once instead
+    of queueing behind one another (Varnish's hit-for-pass); storing an answer for the key again
+    ends that. Also the background refreshes (stale_while_revalidate) running, one per key."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[FlightResult]] = {}
+        self._passes: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=PASS_SECONDS)
+        self._refreshing: set[str] = set()
+
+    def __len__(self) -> int:
+        """Fetches in flight that others may wait on."""
+        return len(self._waiting)
+
+    def pending(self, key: str) -> asyncio.Future[FlightResult] | None:
+        """The fetch of ``key`` in flight, if one leads."""
+        return self._waiting.get(key)
+
+    @contextlib.contextmanager
+    def lead(self, key: str, collapse: bool = True) -> Iterator[Flight]:
+        """Fetch ``key``, leading the requests that ask for it meanwhile (unless ``collapse`` is
+        False, another fetch leads, or the key passes: then nobody waits on this one). On exit the
+        waiters get what was published, or the GatewayError that ended the block; a fetch that
+        published nothing makes the key pass."""
+        if not collapse or key in self._waiting or key in self._passes:
+            yield Flight(leading=False)
+            return
+        future: asyncio.Future[FlightResult] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        flight = Flight(leading=True)
+        try:
+            yield flight
+        except GatewayError as err:
+            flight.publish(err)
+            raise
+        finally:
+            del self._waiting[key]
+            future.set_result(flight.result)
+            if flight.result is None:  # nothing the next misses could have waited for
+                self._passes[key] = True
+
+    def stored(self, key: str) -> None:
+        """An answer for ``key`` was stored: its misses queue behind one fetch again."""
+        self._passes.pop(key, None)
+
+    def start_refresh(self, key: str) -> bool:
+        """Claim the background refresh of ``key``; False when one runs or a fetch leads."""
+        if key in self._refreshing or key in self._waiting:
+            return False
+        self._refreshing.add(key)
+        return True
+
+    def end_refresh(self, key: str) -> None:
+        self._refreshing.discard(key)
+
+    def keys(self) -> tuple[list[str], list[str], list[str]]:
+        """The keys held: in flight, passing, refreshing (for audits; keys are digests)."""
+        return list(self._waiting), list(self._passes), list(self._refreshing)
+
+
 class ResponseCache:
     """The process's cache: a store, the fetches in flight per key, counters per upstream."""
 
@@ -237,12 +319,7 @@ class ResponseCache:
         self.store = store
         self.max_entry_bytes = max_entry_bytes
         self.clock = clock
-        self.flights: dict[str, asyncio.Future[FlightResult]] = {}
-        # Keys whose last answer could be neither stored nor shared (a 2xx with no-store, say): for
-        # PASS_SECONDS their misses go upstream at once instead of queueing behind one another
-        # (Varnish's hit-for-pass). An answer that can be stored again clears the mark.
-        self.passes: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=PASS_SECONDS)
-        self.refreshing: set[str] = set()
+        self.flights = Flights()
         self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._epochs: defaultdict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -281,7 +358,7 @@ class ResponseCache:
         except (OSError, ConnectionError, TimeoutError) as exc:
             self._failed("put", exc)
             return False
-        self.passes.pop(primary, None)
+        self.flights.stored(primary)
         self.counts[entry.upstream]["stored"] += 1
         return True
 

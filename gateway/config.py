@@ -42,10 +42,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from yarl import URL
 
-from .errors import ConfigError
+from .errors import ConfigError, TlsFileError
 from .logs import CONTRACT_REDACT_QUERY, DEFAULT_REDACT_QUERY
-from .pool import TlsFileError, tls_context
 from .routing import PathPattern, PatternError
+from .tls import tls_context
 from .units import (
     format_duration,
     format_percent,

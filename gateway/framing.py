@@ -26,7 +26,8 @@ import re
 from typing import Final
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
+
+from .errors import ChunkLineTooLong
 
 __all__ = ["MALFORMED", "ChunkLineTooLong", "WireFraming", "message", "overhead"]
 
@@ -35,13 +36,6 @@ MALFORMED: Final = "the request body's framing is malformed (chunk size or lengt
 _HEAD, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _STOPPED = range(7)
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _DIGITS = re.compile(rb"[0-9]+")
-
-
-class ChunkLineTooLong(BadHttpMessage):
-    """A chunk-size line (extensions included) longer than ``server.max_chunk_line``."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"a chunk-size line (with its extensions) is longer than {limit} bytes")
 
 
 class WireFraming:

@@ -50,7 +50,7 @@ _THROTTLE_CODES = frozenset({"rate_limited", "quota_exhausted"})
 
 
 class Answered(Protocol):
-    """What the history reads of a finished exchange (``proxy.Exchange`` has these)."""
+    """What the history reads of a finished exchange (``proxy.exchange.Exchange`` has these)."""
 
     @property
     def request_id(self) -> str: ...

@@ -1,7 +1,10 @@
 """Outcomes of one try, and how upstream answers are read.
 
-Owns the single translation of aiohttp client exceptions into outcomes (``connect-failure``,
-``timeout``, ``reset``), reading an API error code out of an error body according to the
+Owns the single translation of what an upstream exchange raised into an outcome (``classify``:
+``connect-failure``, ``timeout``, ``reset``; whether the try reached the upstream, whether the
+gateway's own host failed it, whether the total timeout cut it), and of a failed outcome into the
+gateway's answer (``failure``: upstream_unreachable, upstream_timeout, upstream_reset, or
+overloaded when the host ran out of descriptors); reading an API error code out of an error body according to the
 upstream's ``kind`` (Meta's ``error.code``, PostgREST's ``code``, Google's ``error.status``),
 the ``Retry-After`` of an answer (header in seconds or HTTP date; for ``gemini`` also
 ``google.rpc.RetryInfo.retryDelay`` in a 429 body), and ``OutcomeSet``: the compiled form of an
@@ -11,13 +14,16 @@ the ``Retry-After`` of an answer (header in seconds or HTTP date; for ``gemini``
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+
+from .errors import GatewayError, Overloaded, UpstreamReset, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = [
     "CONNECT_FAILURE",
@@ -26,7 +32,8 @@ __all__ = [
     "Outcome",
     "OutcomeSet",
     "api_error_code",
-    "classify_exception",
+    "classify",
+    "failure",
     "retry_after_seconds",
 ]
 
@@ -36,6 +43,8 @@ RESET = "reset"
 
 # How much of an error body is read to find its code; larger bodies are not inspected.
 ERROR_PEEK_BYTES = 64 * 1024
+# Errors of the gateway's own host, not of the upstream: out of descriptors or buffers.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,10 @@ class Outcome:
     kind: str  # connect-failure | timeout | reset | response
     status: int = 0
     code: str | None = None
+    # How a failure came about (not part of what the outcome is: breaker and retry rules ignore it).
+    sent: bool = field(default=True, compare=False)  # False: nothing reached the upstream, no breaker sample
+    local: bool = field(default=False, compare=False)  # the gateway's own host failed the connect (EMFILE)
+    cut_by_total: bool = field(default=False, compare=False)  # the total timeout, not per_try, ran out
 
     @property
     def label(self) -> str:
@@ -52,17 +65,49 @@ class Outcome:
         return self.kind if self.kind != "response" else f"{self.status // 100}xx"
 
 
-def classify_exception(exc: BaseException) -> str:
-    """Map an exception raised while sending a request or awaiting its headers to an outcome kind."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return CONNECT_FAILURE  # connect (TCP/TLS) did not finish in time: nothing was sent
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return CONNECT_FAILURE
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return CONNECT_FAILURE  # the egress proxy refused the tunnel (407, 403, 502): nothing reached the upstream
+def classify(exc: BaseException, *, cut_by_total: bool = False) -> Outcome:
+    """The outcome of a try that raised ``exc`` while sending, awaiting headers or reading the body.
+
+    A connect refused by the gateway's own host for want of descriptors (EMFILE and kin) is
+    ``connect-failure`` that was never sent and is ``local``: not the upstream's doing. A connect
+    (TCP/TLS) that did not finish, or an egress proxy refusing the tunnel, is ``connect-failure``:
+    nothing reached the upstream. A timeout is ``timeout`` (``cut_by_total`` when the total timeout,
+    shorter than per_try, was the one running); anything else (a reset, a malformed answer) ``reset``."""
+    error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(error, OSError) and error.errno in _LOCAL_ERRNOS:
+        return Outcome(CONNECT_FAILURE, sent=False, local=True)
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError, aiohttp.ClientHttpProxyError)):
+        return Outcome(CONNECT_FAILURE, cut_by_total=cut_by_total)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return TIMEOUT
-    return RESET
+        return Outcome(TIMEOUT, cut_by_total=cut_by_total)
+    return Outcome(RESET, cut_by_total=cut_by_total)
+
+
+def failure(
+    outcome: Outcome, upstream: str, attempts: int, per_try: float = 0.0, idle: float | None = None
+) -> GatewayError:
+    """The gateway's answer for a failed ``outcome`` (not a ``response``) on ``upstream``.
+
+    ``per_try`` words a timeout of the tries; ``idle`` one of an answer's body (no data for that long)."""
+    if outcome.local:
+        return Overloaded(
+            "the gateway has no file descriptor left to connect upstream",
+            upstream=upstream,
+            attempts=attempts,
+            retry_after=1,
+        )
+    if outcome.kind == CONNECT_FAILURE:
+        return UpstreamUnreachable(f"could not connect to upstream {upstream!r}", upstream=upstream, attempts=attempts)
+    if outcome.kind == TIMEOUT:
+        if idle is not None:
+            message = f"upstream {upstream!r} sent no body data for {idle:g}s"
+        else:
+            why = "the total timeout ran out" if outcome.cut_by_total else f"no answer within per_try ({per_try:g}s)"
+            message = f"upstream {upstream!r}: {why}"
+        return UpstreamTimeout(message, upstream=upstream, attempts=attempts)
+    return UpstreamReset(
+        f"upstream {upstream!r} dropped the connection before a complete answer", upstream=upstream, attempts=attempts
+    )
 
 
 class OutcomeSet:

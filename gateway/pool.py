@@ -28,10 +28,9 @@ The keep-warm decision is ``plan()``: pure, ages in, what to open and close out,
 fake clock. ``Pool`` runs it: it reads the connector's idle connections, opens, retires, sleeps.
 
 **aiohttp internals.** aiohttp has no public API to open a connection into a pool or to read the
-ages of pooled connections. ``WarmConnector`` (a ``TCPConnector``) does both from its private
-``_conns`` (key → deque of (protocol, time of release)), ``_acquired``, ``_create_connection``
-and ``_release``. They are the same in aiohttp 3.11–3.14;
-``tests/test_pool.py::test_the_aiohttp_internals_the_pool_uses_are_there`` fails if a release
+ages of pooled connections. ``WarmConnector`` (a ``TCPConnector`` in ``gateway.aiohttp_compat``, the
+one module that touches aiohttp's private names) does both; ``tests/test_aiohttp_compat.py`` and
+``tests/test_pool.py::test_the_aiohttp_internals_the_pool_uses_are_there`` fail if a release
 changes them.
 """
 
@@ -41,75 +40,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import ssl
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
+from .aiohttp_compat import WarmConnector, aiohttp_clock
 from .logs import event, redact_text
+from .tls import tls_context
 
 if TYPE_CHECKING:
     from .config import Pool as PoolPolicy
     from .config import Tls
 
-__all__ = ["Plan", "Pool", "TlsFileError", "WarmConnector", "plan", "tls_context"]
+__all__ = ["Plan", "Pool", "WarmConnector", "plan"]
 
 _log = logging.getLogger("gateway")
 _BACKOFF_MAX = 60.0  # seconds between warm connects while they fail
-
-
-# --------------------------------------------------------------------------- TLS
-
-
-class TlsFileError(ValueError):
-    """A ``tls:`` file cannot be used; ``key`` names the setting (``ca_file``, ``cert_file``, ``key_file``)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class _EncryptedKey(Exception):
-    """The key file asks for a password (the gateway never prompts)."""
-
-
-def _no_password() -> str:
-    raise _EncryptedKey
-
-
-def tls_context(tls: Tls) -> ssl.SSLContext:
-    """The client TLS context for ``tls``: verified, hostname checked, with its CA bundle and
-    client certificate. Raises TlsFileError naming the file that cannot be used and why."""
-    for key in ("ca_file", "cert_file", "key_file"):
-        path = getattr(tls, key)
-        if path is not None:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise TlsFileError(key, f"cannot read {path!r}: {exc.strerror or exc}") from None
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    except ssl.SSLError as exc:
-        raise TlsFileError("ca_file", f"{tls.ca_file!r} holds no PEM CA certificate ({exc.reason or exc})") from None
-    if tls.cert_file:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
-        except _EncryptedKey:
-            where = "key_file" if tls.key_file else "cert_file"
-            raise TlsFileError(where, "the private key is encrypted; give the gateway an unencrypted key") from None
-        except ssl.SSLError as exc:
-            if exc.reason == "KEY_VALUES_MISMATCH":
-                raise TlsFileError("key_file", "the private key does not belong to the certificate") from None
-            raise TlsFileError(
-                "cert_file", f"cannot load a PEM certificate and its private key ({exc.reason or 'PEM lib'})"
-            ) from None
-    return context
 
 
 def _file_stamp(path: str | None) -> tuple[str, int, int] | None:
@@ -159,54 +108,6 @@ def plan(idle_ages: Sequence[float], busy: int, keep_warm: int, idle_timeout: fl
     wanted = max(0, keep_warm - busy - len(fresh))
     wake = min([early, *(due - age for age in fresh)])
     return Plan(wanted, retire, expired, max(wake, 0.01))
-
-
-# --------------------------------------------------------------------------- aiohttp adapter
-
-
-class WarmConnector(aiohttp.TCPConnector):
-    """A TCPConnector that can show its idle connections' ages, retire one, and open one into its
-    pool without a request. The only place that touches aiohttp's private connector state."""
-
-    def idle(self) -> list[tuple[ResponseHandler, float]]:
-        """(protocol, time of release on aiohttp's clock) of every pooled idle connection."""
-        return [(proto, t0) for conns in self._conns.values() for proto, t0 in conns if proto.is_connected()]
-
-    def dead(self) -> list[tuple[ResponseHandler, float]]:
-        """Pooled connections the upstream closed while they were idle (aiohttp drops them lazily)."""
-        return [(proto, t0) for conns in self._conns.values() for proto, t0 in conns if not proto.is_connected()]
-
-    @property
-    def busy(self) -> int:
-        """Connections carrying a request now (or being opened for one)."""
-        return len(self._acquired)
-
-    def retire(self, proto: ResponseHandler, released: float) -> bool:
-        """Close an idle pooled connection, if it is still idle since ``released``; False when a
-        request took it meanwhile (and perhaps put it back, fresh)."""
-        for key, conns in list(self._conns.items()):
-            for item in conns:
-                if item[0] is proto and item[1] == released:
-                    conns.remove(item)
-                    if not conns:
-                        del self._conns[key]
-                    proto.close()
-                    return True
-        return False
-
-    async def open_idle(self, req: aiohttp.ClientRequest, timeout: aiohttp.ClientTimeout) -> None:
-        """Open one connection for ``req``'s key (TCP, proxy CONNECT, TLS) and pool it as idle."""
-        proto = await self._create_connection(req, [], timeout)
-        if self.closed:
-            proto.close()
-            raise aiohttp.ClientConnectionError("the connector was closed")
-        self._release(req.connection_key, proto)
-
-
-def aiohttp_clock() -> float:
-    """The clock aiohttp stamps pooled connections with (``time.monotonic`` since 3.11)."""
-    clock: Callable[[], float] = getattr(aiohttp.connector, "monotonic", time.monotonic)
-    return clock()
 
 
 # --------------------------------------------------------------------------- the pool

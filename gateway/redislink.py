@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import StoreUnavailable
 from .logs import event
 
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisLink", "StoreUnavailable"]
 
 T = TypeVar("T")
-
-
-class StoreUnavailable(ConnectionError):
-    """Redis failed, timed out, or is marked down: the caller falls back to local state."""
 
 
 class RedisLink:

@@ -5,7 +5,7 @@ the wait fits before ``total``; and resending is safe (the method is listed, or 
 the upstream, or the upstream said it did not process the request). Waits are full-jitter
 exponential backoff, or the upstream's Retry-After when honoured and under ``max``, or the route's
 ``waits`` for an outcome whose answer names no wait (Meta's pair rate, ``code:131056``). The budget
-is a ``SlidingCounts`` window of one-second slots. The loop that runs tries lives in ``gateway.proxy``;
+is a ``SlidingCounts`` window of one-second slots. The loop that runs tries lives in ``gateway.proxy.tries``;
 this module only decides, with an injected clock and random source, so it is tested alone.
 """
 

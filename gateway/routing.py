@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .errors import PatternError
+
 __all__ = ["Match", "PathPattern", "PatternError", "Router"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -22,10 +24,6 @@ _SEGMENT_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()+,;=:@%]*")
 
 def _param_regex(name: str) -> str:
     return f"(?P<{name}>[^/]+?)"
-
-
-class PatternError(ValueError):
-    """A path pattern that cannot be compiled; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .breaker import CircuitBreaker
     from .history import History
     from .runtime import Route
-    from .server import Gateway
+    from .state import Control
 
 __all__ = ["DOCUMENT_TTL", "POLL_SECONDS", "document", "routes"]
 
@@ -70,7 +70,7 @@ def _asset(name: str) -> bytes:
     return (resources.files(__package__) / "static" / name).read_bytes()
 
 
-def routes(gateway_of: Callable[[web.Request], Gateway]) -> list[web.RouteDef]:
+def routes(gateway_of: Callable[[web.Request], Control]) -> list[web.RouteDef]:
     """The page's GET routes; ``gateway_of`` finds the gateway an admin request belongs to."""
 
     async def asset(request: web.Request) -> web.Response:
@@ -104,7 +104,7 @@ def routes(gateway_of: Callable[[web.Request], Gateway]) -> list[web.RouteDef]:
 # --------------------------------------------------------------------------- the document
 
 
-def document(gw: Gateway) -> dict[str, Any]:
+def document(gw: Control) -> dict[str, Any]:
     """Everything the status page shows, as one JSON-ready dict (see ``/admin/status`` in the README)."""
     state = gw.state
     runtime, history = state.runtime, state.history

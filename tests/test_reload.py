@@ -289,3 +289,30 @@ async def test_watch_reloads_when_the_file_changes(upstream_factory, gateway_pro
         assert await metric(session, gw, 'gateway_config_reloads_total{result="error"}') == "1.0"
         await asyncio.sleep(1.5)  # longer than the watch interval: no second attempt at the same file
         assert len(events(gw, FAILED)) == 1
+
+
+async def test_a_request_in_flight_is_recorded_under_the_policy_it_started_with(
+    upstream_factory, gateway_process, tmp_path
+):
+    """Reload mid-request, moving ``api`` to another url (a new pool and fresh statistics): the request
+    in flight is served by the old upstream and counted in the old policy's statistics, never in the
+    new one's, which /health shows; the next request goes to the new url and is counted there."""
+    old, new = await upstream_factory(slow), await upstream_factory(slow)
+    gw = gateway_process(gateway_yaml({"api": slow_route(old.url, "3s")}))
+    path = tmp_path / "gateway-0.yaml"
+    async with aiohttp.ClientSession() as session:
+        inflight = asyncio.create_task(get(session, f"{gw.url}/api/slow/1200"))
+        await asyncio.sleep(0.3)
+        path.write_text(gateway_yaml({"api": slow_route(new.url, "3s")}))
+        gw.signal(signal.SIGHUP)
+        reloaded = await wait_event(gw, "config reloaded", 1)
+        assert reloaded["changed"] == ["api"]
+        assert not inflight.done()
+        assert await inflight == (200, None)
+        assert (old.count, new.count) == (1, 0)
+        async with session.get(f"{gw.admin}/health") as resp:
+            assert (await resp.json())["upstreams"]["api"]["requests"] == 0
+        assert await get(session, f"{gw.url}/api/slow/0") == (200, None)
+        assert (old.count, new.count) == (1, 1)
+        async with session.get(f"{gw.admin}/health") as resp:
+            assert (await resp.json())["upstreams"]["api"]["requests"] == 1
