@@ -24,7 +24,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -42,6 +41,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from yarl import URL
 
+from . import yamlfile
 from .errors import ConfigError
 from .logs import CONTRACT_REDACT_QUERY, DEFAULT_REDACT_QUERY
 from .pool import TlsFileError, tls_context
@@ -57,6 +57,7 @@ from .units import (
     parse_size,
     shown,
 )
+from .yamlfile import allowed_keys, key_path
 
 __all__ = [
     "Config",
@@ -834,60 +835,11 @@ def _route_policy(upstream: RoutePolicy, route: Route, index: int) -> RoutePolic
 # --------------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key written twice in one mapping, with YAML 1.2 booleans.
-
-    YAML 1.1 reads ``on``, ``off``, ``yes`` and ``no`` as booleans, which would turn the retry
-    block's ``on:`` key into ``True``; only ``true`` and ``false`` are booleans here.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                line = first_line.get(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if line is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {shown(key)} (first written on line {line})", key_node.start_mark
-                )
-            first_line[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except ValueError as exc:  # a scalar its tag cannot read: '!!int x', an integer of 5000 digits, a bad date
-            problem = "a number with too many digits" if "integer string conversion" in str(exc) else _clip(str(exc))
-            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
-
-
-# The class's own copy of SafeLoader's resolvers, without YAML 1.1's booleans, then YAML 1.2's.
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in _untagged(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = str(part)
-            if len(text) > 60 or not text.isprintable():  # a key as written: kept to one short line
-                text = shown(text)
-            out += ("." if out else "") + text
-    return out or "(top level)"
+    return key_path(_untagged(loc))
 
 
 def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -977,31 +929,8 @@ def _describe(error: Any) -> str:
 
 def _unknown_key_hint(error: Any) -> str:
     """For an unknown key, list the keys allowed at that place."""
-    annotation: Any = Config
-    for part in _untagged(error["loc"])[:-1]:
-        annotation = _step(annotation, part)
-    for arg in (annotation, *getattr(annotation, "__args__", ())):  # Optional[Model]
-        fields = getattr(arg, "model_fields", None)
-        if fields:
-            break
+    fields = allowed_keys(Config, _untagged(error["loc"]))
     return f" (expected one of: {', '.join(fields)})" if fields else ""
-
-
-def _step(annotation: Any, part: Any) -> Any:
-    """The annotation reached from ``annotation`` by one location part (field, index or key)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field_info = annotation.model_fields.get(part) if isinstance(part, str) else None
-        return field_info.annotation if field_info is not None else None
-    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None) and a is not Ellipsis]
-    if getattr(annotation, "__origin__", None) is dict:
-        return args[-1]
-    if getattr(annotation, "__origin__", None) is tuple:
-        return args[0]
-    for arg in args:  # Optional[...] / Union: the model inside
-        found = _step(arg, part)
-        if found is not None:
-            return found
-    return None
 
 
 def _cross_checks(config: Config) -> list[str]:
@@ -1131,11 +1060,9 @@ def _egress_checks(config: Config, name: str, up: Upstream) -> list[str]:
 def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate gateway.yaml text. Raises ConfigError listing every problem."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
-    except RecursionError:
-        raise ConfigError(source, ["invalid YAML: nested too deeply"]) from None
+        data = yamlfile.load(text)
+    except yamlfile.YamlError as exc:
+        raise ConfigError(source, [exc.problem]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -1160,24 +1087,6 @@ def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | N
     if problems:
         raise ConfigError(source, problems)
     return config
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """The first line of ``text``, cut to ``limit`` characters, what cannot be printed escaped."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
-    """One line: where (line, column) and what, for any error of the YAML loader."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int):  # a character YAML refuses
-        line = text.count("\n", 0, exc.position) + 1
-        where = f"line {line}, column {exc.position - text.rfind(chr(10), 0, exc.position)}: "
-    problem = getattr(exc, "problem", None) or str(exc)
-    return f"{where}invalid YAML: {_clip(problem)}"
 
 
 def config_path(explicit: str | None = None) -> str:
