@@ -54,8 +54,8 @@ from yarl import URL
 from .logs import event, redact_text
 
 if TYPE_CHECKING:
-    from .config import Pool as PoolPolicy
-    from .config import Tls
+    from .config.spec import PoolSpec as PoolPolicy
+    from .config.spec import TlsSpec
 
 __all__ = ["Plan", "Pool", "TlsFileError", "WarmConnector", "plan", "tls_context"]
 
@@ -82,7 +82,7 @@ def _no_password() -> str:
     raise _EncryptedKey
 
 
-def tls_context(tls: Tls) -> ssl.SSLContext:
+def tls_context(tls: TlsSpec) -> ssl.SSLContext:
     """The client TLS context for ``tls``: verified, hostname checked, with its CA bundle and
     client certificate. Raises TlsFileError naming the file that cannot be used and why."""
     for key in ("ca_file", "cert_file", "key_file"):
@@ -236,7 +236,7 @@ class Pool:
         name: str,
         url: URL,
         policy: PoolPolicy,
-        tls: Tls | None,
+        tls: TlsSpec | None,
         proxy: URL | None,
         connect_timeout: float,
         trace_configs: Iterable[aiohttp.TraceConfig] = (),
@@ -277,7 +277,7 @@ class Pool:
             max_line_size=16 * 1024,
         )
 
-    def fits(self, url: URL, policy: PoolPolicy, tls: Tls | None, proxy: URL | None) -> bool:
+    def fits(self, url: URL, policy: PoolPolicy, tls: TlsSpec | None, proxy: URL | None) -> bool:
         """Whether a reload to these settings may keep this pool (and its connections)."""
         return self.settings == settings_for(url, policy, tls, proxy)
 
@@ -404,6 +404,6 @@ class Pool:
             _log.debug("warm connection failed", extra={"fields": {"upstream": self.name, "error": why}})
 
 
-def settings_for(url: URL, policy: PoolPolicy, tls: Tls | None, proxy: URL | None) -> Settings:
+def settings_for(url: URL, policy: PoolPolicy, tls: TlsSpec | None, proxy: URL | None) -> Settings:
     files = () if tls is None else tuple(_file_stamp(p) for p in (tls.ca_file, tls.cert_file, tls.key_file))
     return Settings(str(url), policy.idle_timeout, tls, files, proxy)

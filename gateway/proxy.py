@@ -48,7 +48,7 @@ from . import answers, framing, outcomes
 from . import cache as cachemod
 from .cache import FlightResult, Shared
 from .cachestore import Entry
-from .config import Cache as CachePolicy
+from .config import CacheSpec as CachePolicy
 from .errors import (
     BadRequest,
     BodyTooLarge,

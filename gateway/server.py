@@ -41,7 +41,7 @@ from .answers import error_response, raw_answer
 from .breakersync import BreakerSync
 from .cache import ResponseCache
 from .cachestore import FallbackStore, MemoryStore, RedisStore, Store
-from .config import Config, Listener, Server, load_config
+from .config import Config, ListenerSpec, ServerSpec, load_config
 from .errors import (
     BadRequest,
     BodyTooLarge,
@@ -241,7 +241,7 @@ class _ProxyProtocol(RequestHandler):
             refusal = "Transfer-Encoding in an HTTP/1.0 request"
         else:
             settings = self._gate.settings()
-            underscores = settings.headers_with_underscores if isinstance(settings, Server) else "allow"
+            underscores = settings.headers_with_underscores if isinstance(settings, ServerSpec) else "allow"
             try:
                 kept = screen_framing(message.headers, underscores)
             except BadRequest as exc:
@@ -362,7 +362,7 @@ class _ProxyServer(web.Server):
     """
 
     def __init__(
-        self, handler: Any, settings: Callable[[], Listener], gauge: Gauge, closed: Counter, **kwargs: Any
+        self, handler: Any, settings: Callable[[], ListenerSpec], gauge: Gauge, closed: Counter, **kwargs: Any
     ) -> None:
         super().__init__(handler, **kwargs)
         self.settings = settings
