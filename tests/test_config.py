@@ -615,3 +615,25 @@ def test_gemini_bodies_default_to_20_mib_under_the_files_defaults():
     assert limits("defaults: {limits: {max_request_body: 5MiB}}\n" + ups) == {"g": 5 * 1024**2, "o": 5 * 1024**2}
     shipped = {up.name: up.limits.max_request_body for up in load_config(str(ROOT / "gateway.yaml")).policies}
     assert shipped["gemini"] == 20 * 1024**2 and shipped["graph"] == 10 * 1024**2
+
+
+async def test_a_loaded_config_is_resolved_once_and_everything_reads_those_policies(monkeypatch):
+    """parse_config resolves inheritance once; the runtime, `gateway check`'s redacted() and the
+    cross checks read Config.policies instead of resolving again (issue 14)."""
+    from gateway.config import document
+    from gateway.runtime import Runtime
+
+    calls = []
+    real = document.resolve
+    monkeypatch.setattr(document, "resolve", lambda *a: calls.append(a) or real(*a))
+    config = load_config(str(ROOT / "gateway.yaml"))
+    assert len(calls) == 1
+    runtime = Runtime(config)
+    try:
+        redacted(config)
+        assert len(calls) == 1
+        assert all(up.policy is p for up, p in zip(runtime.upstreams.values(), config.policies, strict=True))
+    finally:
+        await runtime.close()
+    copy = config.model_copy(update={"upstreams": {}})  # a changed copy resolves its own policies
+    assert copy.policies == () and len(config.policies) > 0
