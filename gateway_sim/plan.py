@@ -76,30 +76,30 @@ class RoutePlan:
         return min(max(value, low), high)
 
     def decide(self, t: float) -> Verdict:
-        """The decision for a request arriving ``t`` seconds after the scenario clock started."""
-        decision = Verdict(self.sample_latency())
+        """The verdict for a request arriving ``t`` seconds after the scenario clock started."""
+        verdict = Verdict(self.sample_latency())
         u_outage, u_reset, u_error, u_mix = (self.rng.random() for _ in range(4))
-        decision.latency *= max((b.factor for b in self._brownouts if b.active(t)), default=1.0)
+        verdict.latency *= max((b.factor for b in self._brownouts if b.active(t)), default=1.0)
         for outage in self._outages:
             if not outage.active(t):
                 continue
             if u_outage >= outage.rate:  # missed: the rest of the draw, rescaled, decides the next window
                 u_outage = (u_outage - outage.rate) / (1.0 - outage.rate)
                 continue
-            decision.outage = True
+            verdict.outage = True
             if outage.mode == "reset":
-                decision.action, decision.when = "reset", outage.when or "before_body"
+                verdict.action, verdict.when = "reset", outage.when or "before_body"
             elif outage.mode == "timeout":
-                decision.action = "timeout"
+                verdict.action = "timeout"
             else:
-                decision.action = "error"
-                decision.error = ApiError(
+                verdict.action = "error"
+                verdict.error = ApiError(
                     int(outage.mode), outage.code, None, None, outage.retry_after, outage.retry_delay, outage.plain
                 )
-            return decision
+            return verdict
         if self._reset is not None and u_reset < self._reset.rate:
-            decision.action, decision.when = "reset", self._reset.when
+            verdict.action, verdict.when = "reset", self._reset.when
         elif u_error < self._error_rate:
-            decision.action = "error"
-            decision.error = next((e for edge, e in self._mix if u_mix < edge), self._mix[-1][1])
-        return decision
+            verdict.action = "error"
+            verdict.error = next((e for edge, e in self._mix if u_mix < edge), self._mix[-1][1])
+        return verdict

@@ -274,34 +274,34 @@ class Sim:
         if route == OTHER:
             await request.read()
             return self._count(stats, self._not_found(upstream, request))
-        decision = self.plans[(upstream, route)].decide(self.elapsed())
-        if decision.action != "ok":
+        verdict = self.plans[(upstream, route)].decide(self.elapsed())
+        if verdict.action != "ok":
             stats.injected += 1
-            stats.outage += int(decision.outage)
-        if decision.action == "timeout":
+            stats.outage += int(verdict.outage)
+        if verdict.action == "timeout":
             stats.timeouts += 1
             await asyncio.sleep(HOLD_MAX)  # cancelled when the client gives up (handler_cancellation)
             return _drop(request)
-        if decision.action == "reset" and decision.when == "before_body":
+        if verdict.action == "reset" and verdict.when == "before_body":
             stats.resets += 1
             return _drop(request)
         call = SimCall(upstream, route, params, request, await request.read())
         message = self.stats.message_received(call.body) if route == "send_message" else None
         refusal = self._refuse(call) or self.limits.check(upstream, route, params, call.body)
-        if refusal is None and decision.error is not None:
-            refusal = api_error(family(upstream, route), decision.error)
+        if refusal is None and verdict.error is not None:
+            refusal = api_error(family(upstream, route), verdict.error)
         if refusal is not None:
-            await asyncio.sleep(decision.latency)
+            await asyncio.sleep(verdict.latency)
             return self._count(stats, refusal)
         answer = self._answer(call)
         self.limits.answered(upstream, route, params, answer)
         if message is not None and isinstance(answer, web.Response) and answer.status < 300:
             self.stats.message_delivered(message)  # taken before the answer is sent, as Meta would
-        await asyncio.sleep(decision.latency)
-        if decision.action == "reset" and decision.when == "after_body":
+        await asyncio.sleep(verdict.latency)
+        if verdict.action == "reset" and verdict.when == "after_body":
             stats.resets += 1
             return _drop(request)
-        cut = decision.action == "reset"  # mid_body: start the answer, then drop the connection
+        cut = verdict.action == "reset"  # mid_body: start the answer, then drop the connection
         if isinstance(answer, SseAnswer):
             return await self._stream(stats, request, answer, cut)
         if cut:
