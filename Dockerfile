@@ -1,5 +1,6 @@
 # The gateway as a container image: a slim Python 3.11 base, the package and its runtime
-# dependencies only (no test or dev extras), a non-root user, and the shipped gateway.yaml at
+# dependencies only (no test, dev or sim extras: the simulator, gateway_sim/, is a distribution of
+# its own and is not in the build context), a non-root user, and the shipped gateway.yaml at
 # /etc/gateway/gateway.yaml (Kubernetes and compose mount their own over it).
 #
 #   docker build -t inbox-gateway:0.1.0 .

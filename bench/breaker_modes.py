@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.breaker import CircuitBreaker
-from gateway.config import Breaker
+from gateway.config import BreakerSpec
 from gateway.errors import BreakerOpen
 from gateway.outcomes import Outcome
 
@@ -78,7 +78,7 @@ class Gate:
 
 class RealBreaker(Gate):
     def __init__(self, clock: Clock, rng: random.Random, **config: Any) -> None:
-        self.breaker = CircuitBreaker("up", "up", "-", Breaker.model_validate(config), clock=clock, rng=rng.random)
+        self.breaker = CircuitBreaker("up", "up", "-", BreakerSpec.model_validate(config), clock=clock, rng=rng.random)
 
     def admit(self) -> Any:
         return self.breaker.acquire()
@@ -297,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cases = grid(2 if args.quick else args.seeds)
     print(f"{len(cases)} cases per candidate: outages 1/7/30/60 s, error or stall, 1/5/40 req/s\n")
-    print("| candidate | worst last refusal after recovery | cases > 3 s | ok % median | ok % worst |"
-          " tries/s to the failing upstream (median) | fail-fast % in outage (median) |")
+    print(
+        "| candidate | worst last refusal after recovery | cases > 3 s | ok % median | ok % worst |"
+        " tries/s to the failing upstream (median) | fail-fast % in outage (median) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, make in CANDIDATES.items():
         row = summarize(name, [(c, run_case(make, c)) for c in cases])

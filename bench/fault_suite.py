@@ -1,7 +1,7 @@
 """The scenario suite (issue 13): ``fault_replay.py --suite N`` replays many fault schedules, not one.
 
 Each member of the suite is a scenario: ``seeds`` (config/scenarios/seeds.yaml, its windows moved past the
-warm-up) and the generated schedules ``suite:1`` … (``gateway/simgen.py``, one per seed). Every member is
+warm-up) and the generated schedules ``suite:1`` … (``gateway_sim/suite.py``, one per seed). Every member is
 replayed through every path: ``direct``, ``nginx``, ``defaults`` (a gateway config generated from
 config/examples/sim.yaml keeping only the upstreams' URLs and wiring and the routes' match, cache and
 invalidates: the built-in defaults for every policy), ``shipped`` (config/examples/sim.yaml as it is) and any
@@ -55,9 +55,9 @@ import fault_replay as fr  # noqa: E402
 from overhead import Processes, free_ports, wait_until  # noqa: E402
 from suite_report import GROUPS, judge, report_markdown, write_json  # noqa: E402
 
-from gateway.config import _UniqueKeyLoader  # noqa: E402
-from gateway.sim import load_scenario  # noqa: E402
-from gateway.simgen import Generated, delayed, generate  # noqa: E402
+from gateway.yamlfile import StrictLoader  # noqa: E402
+from gateway_sim import load_scenario  # noqa: E402
+from gateway_sim.suite import Generated, delayed, generate  # noqa: E402
 
 HOST = fr.HOST
 SIM_CONFIG = fr.SIM_CONFIG
@@ -140,7 +140,7 @@ def parse_members(spec: str) -> list[str]:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """A gateway config read as the gateway reads it (YAML 1.2 booleans: ``on:`` stays a key)."""
-    data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    data = yaml.load(path.read_text(), Loader=StrictLoader)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping")
     return data

@@ -2,7 +2,7 @@
 
 ``fault_suite.py`` measures proxies; this asks what the best imaginable proxy could do with the same
 schedules, so that a target like "reads and sends at 99 %" can be checked against what the faults leave
-possible. No process runs: every member's scenario is generated from its seed (``gateway/simgen.py``) and
+possible. No process runs: every member's scenario is generated from its seed (``gateway_sim/suite.py``) and
 the client's schedule rebuilt (``fault_replay.build_schedule``), exactly as the suite replays them.
 
 The ideal proxy (an upper bound: it is allowed everything a real proxy is not):
@@ -43,7 +43,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 import fault_replay as fr  # noqa: E402
 import fault_suite as fs  # noqa: E402
 
-from gateway.sim import Outage, Scenario, parse_scenario  # noqa: E402
+from gateway_sim.scenario import Outage, Scenario, parse_scenario  # noqa: E402
 
 STEP = 0.1  # the scenario windows' resolution
 GROUPS = {"reads": ("read",), "sends": ("send",), "reads+sends": ("read", "send"), "writes": ("write",)}
@@ -51,9 +51,9 @@ GROUPS = {"reads": ("read",), "sends": ("send",), "reads+sends": ("read", "send"
 
 def shipped_waits() -> dict[str, float]:
     """Per sim upstream, the ``total`` of the shipped gateway.yaml (the longest a request is held there)."""
-    from gateway.config import parse_config, resolve
+    from gateway.config import parse_config
 
-    policies = {p.name: p for p in resolve(parse_config(fs.GATEWAY_YAML.read_text()))}
+    policies = {p.name: p for p in parse_config(fs.GATEWAY_YAML.read_text()).policies}
     return {name: policies[name].default.timeouts.total for name in fr.SIM_UPSTREAMS}
 
 

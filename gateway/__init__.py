@@ -18,8 +18,9 @@ metrics on its admin port. The modules, in the order a request meets them:
 - ``answers``: the gateway's own answers, in each upstream's error format (``errors``: their types)
 - ``admin``, ``metrics``, ``stats``, ``logs``: what operators see;  ``cli``: the command line
 - ``statuspage``, ``history``: the admin port's status page and its 15 minutes of history
-- ``sim`` (with ``sim_graph``, ``sim_gemini``, ``sim_auth``, ``sim_storage``, ``simlimits``): ``gateway sim``
-- ``simgen``: the scenario suite's generated fault schedules
+- ``yamlfile``: the strict YAML reader gateway.yaml and the simulator's scenarios share
+
+The simulator behind ``gateway sim`` is the separate package ``gateway_sim`` (the ``sim`` extra).
 """
 
 from .config import Config, ConfigError, load_config, parse_config

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .config import Breaker
+from .config import BreakerSpec
 from .errors import BreakerOpen, IllegalTransition
 from .outcomes import Outcome, OutcomeSet
 from .window import SlidingCounts
@@ -178,7 +178,7 @@ class CircuitBreaker:
         name: str,
         upstream: str,
         route: str,
-        config: Breaker,
+        config: BreakerSpec,
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[CircuitBreaker, str, str], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -212,7 +212,7 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ configuration
 
-    def update_config(self, config: Breaker) -> None:
+    def update_config(self, config: BreakerSpec) -> None:
         """Apply a reloaded ``config`` keeping the state. The counters restart when the mode or the
         window changes; the recovery delay of an open breaker is kept, capped at the new maximum."""
         old, self.config = self.config, config

@@ -37,7 +37,7 @@ from cachetools import TTLCache
 from multidict import CIMultiDict
 
 from .cachestore import Entry, PathFilter, Store
-from .config import Cache
+from .config import CacheSpec
 from .errors import GatewayError
 from .logs import event
 
@@ -150,7 +150,7 @@ def _seconds(value: str | None) -> float | None:
     return float(value)
 
 
-def verdict(status: int, headers: Headers, policy: Cache) -> Verdict:
+def verdict(status: int, headers: Headers, policy: CacheSpec) -> Verdict:
     """Apply the contract's storage rules to an upstream answer's status and headers."""
     if status not in policy.statuses:
         return Verdict(False, why=f"status {status} is not cacheable")
@@ -186,7 +186,7 @@ def verdict(status: int, headers: Headers, policy: Cache) -> Verdict:
     return Verdict(True, ttl, tuple(sorted(names)))
 
 
-def keep_for(policy: Cache) -> float:
+def keep_for(policy: CacheSpec) -> float:
     """How long an entry stays after it expired: the longest stale window."""
     return max(policy.stale_if_error, policy.stale_while_revalidate)
 
@@ -200,7 +200,7 @@ def make_entry(
     body: bytes,
     now: float,
     ruling: Verdict,
-    policy: Cache,
+    policy: CacheSpec,
 ) -> Entry:
     """An entry for an answer ``verdict`` accepted; its age starts at the upstream's ``Age``."""
     age = _seconds(headers.get("age")) or 0.0

@@ -13,7 +13,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
-from .config import Fault
+from .config import FaultSpec
 from .errors import FaultInjected, UpstreamTimeout
 
 __all__ = ["FaultInjector"]
@@ -24,7 +24,7 @@ class FaultInjector:
 
     def __init__(
         self,
-        config: Fault,
+        config: FaultSpec,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

@@ -54,7 +54,7 @@ from cachetools import LRUCache
 from multidict import CIMultiDict
 
 from .cache import Shared
-from .config import Idempotency
+from .config import IdempotencySpec
 from .errors import (
     BadRequest,
     GatewayError,
@@ -460,7 +460,7 @@ class Keeper:
 
     def __init__(
         self,
-        config: Idempotency,
+        config: IdempotencySpec,
         upstream: str,
         route: str,
         store: Store,

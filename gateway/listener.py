@@ -33,7 +33,7 @@ from aiohttp.streams import StreamReader
 
 from .aiohttp_compat import HandlerBase, ServerBase, answer_started
 from .answers import error_response, raw_answer
-from .config import Listener, Server
+from .config import ListenerSpec, ServerSpec
 from .errors import (
     BadRequest,
     BodyTooLarge,
@@ -217,7 +217,7 @@ class HardenedHandler(HandlerBase):
             refusal = "Transfer-Encoding in an HTTP/1.0 request"
         else:
             settings = self._gate.settings()
-            underscores = settings.headers_with_underscores if isinstance(settings, Server) else "allow"
+            underscores = settings.headers_with_underscores if isinstance(settings, ServerSpec) else "allow"
             try:
                 kept = screen_framing(message.headers, underscores)
             except BadRequest as exc:
@@ -338,7 +338,7 @@ class HardenedServer(ServerBase):
     """
 
     def __init__(
-        self, handler: Any, settings: Callable[[], Listener], gauge: Gauge, closed: Counter, **kwargs: Any
+        self, handler: Any, settings: Callable[[], ListenerSpec], gauge: Gauge, closed: Counter, **kwargs: Any
     ) -> None:
         super().__init__(handler, **kwargs)
         self.settings = settings

@@ -52,8 +52,8 @@ from .logs import event, redact_text
 from .tls import tls_context
 
 if TYPE_CHECKING:
-    from .config import Pool as PoolPolicy
-    from .config import Tls
+    from .config.spec import PoolSpec as PoolPolicy
+    from .config.spec import TlsSpec
 
 __all__ = ["Plan", "Pool", "WarmConnector", "plan"]
 
@@ -137,7 +137,7 @@ class Pool:
         name: str,
         url: URL,
         policy: PoolPolicy,
-        tls: Tls | None,
+        tls: TlsSpec | None,
         proxy: URL | None,
         connect_timeout: float,
         trace_configs: Iterable[aiohttp.TraceConfig] = (),
@@ -178,7 +178,7 @@ class Pool:
             max_line_size=16 * 1024,
         )
 
-    def fits(self, url: URL, policy: PoolPolicy, tls: Tls | None, proxy: URL | None) -> bool:
+    def fits(self, url: URL, policy: PoolPolicy, tls: TlsSpec | None, proxy: URL | None) -> bool:
         """Whether a reload to these settings may keep this pool (and its connections)."""
         return self.settings == settings_for(url, policy, tls, proxy)
 
@@ -305,6 +305,6 @@ class Pool:
             _log.debug("warm connection failed", extra={"fields": {"upstream": self.name, "error": why}})
 
 
-def settings_for(url: URL, policy: PoolPolicy, tls: Tls | None, proxy: URL | None) -> Settings:
+def settings_for(url: URL, policy: PoolPolicy, tls: TlsSpec | None, proxy: URL | None) -> Settings:
     files = () if tls is None else tuple(_file_stamp(p) for p in (tls.ca_file, tls.cert_file, tls.key_file))
     return Settings(str(url), policy.idle_timeout, tls, files, proxy)

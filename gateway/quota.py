@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 
 from cachetools import Cache, LRUCache
 
-from .config import Quota
+from .config import QuotaSpec
 from .errors import QuotaExhausted
 from .redislink import RedisLink, StoreUnavailable
 
@@ -149,7 +149,7 @@ class Usage:
             "rpd": self.day_requests,
         }
 
-    def limits(self, config: Quota, now: float) -> dict[str, int]:
+    def limits(self, config: QuotaSpec, now: float) -> dict[str, int]:
         """The configured limits, each lowered by a limit learned from Google while that holds."""
         out = {}
         for window in WINDOWS:
@@ -323,7 +323,7 @@ class QuotaKeeper:
 
     def __init__(
         self,
-        config: Quota,
+        config: QuotaSpec,
         name: str,
         link: RedisLink | None = None,
         clock: Callable[[], float] = time.time,

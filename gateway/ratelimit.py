@@ -31,7 +31,7 @@ from typing import Any
 
 from cachetools import Cache, LRUCache
 
-from .config import RateLimit
+from .config import RateLimitSpec
 from .errors import BadRequest, RateLimited
 from .redislink import RedisLink, StoreUnavailable
 from .units import format_rate
@@ -175,7 +175,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        config: RateLimit,
+        config: RateLimitSpec,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 10000,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -292,7 +292,7 @@ class GlobalRateLimiter:
 
     def __init__(
         self,
-        config: RateLimit,
+        config: RateLimitSpec,
         link: RedisLink,
         name: str,
         local: RateLimiter,

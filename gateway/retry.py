@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Retry
+from .config import RetrySpec
 from .outcomes import CONNECT_FAILURE, Outcome, OutcomeSet
 from .window import SlidingCounts
 
@@ -69,7 +69,7 @@ class RetryPolicy:
 
     def __init__(
         self,
-        config: Retry,
+        config: RetrySpec,
         kind: str,
         budget: RetryBudget,
         rand: Callable[[], float] = random.random,

@@ -25,7 +25,7 @@ from yarl import URL
 
 from . import idempotency
 from .breaker import CircuitBreaker
-from .config import Config, RateLimit, RoutePolicy, UpstreamPolicy, resolve
+from .config import Config, RateLimitSpec, RoutePolicy, UpstreamPolicy
 from .fault import FaultInjector
 from .limits import Bulkhead
 from .pool import Pool
@@ -78,7 +78,7 @@ class Upstream:
         self.session: aiohttp.ClientSession
         self.stats: MinuteWindow
         self._budgets: dict[tuple[str, float, float, float], RetryBudget]
-        self._limiters: dict[tuple[str, int, RateLimit], Limiter]
+        self._limiters: dict[tuple[str, int, RateLimitSpec], Limiter]
         self._usages: LRUCache[str, Usage]  # quota use per key value, shared by the routes
         self.bulkhead: Bulkhead
         self.breakers: dict[str, CircuitBreaker] = {}
@@ -154,7 +154,7 @@ class Upstream:
             idempotency=keeper,
         )
 
-    def _limiter(self, route: str, index: int, config: RateLimit) -> Limiter:
+    def _limiter(self, route: str, index: int, config: RateLimitSpec) -> Limiter:
         """The limiter of ``config``, kept across reloads while the block is unchanged."""
         limiter_key = (route, index, config)
         limiter = self._limiters.get(limiter_key)
@@ -202,7 +202,7 @@ class Runtime:
         old = previous.upstreams if previous is not None else {}
         self.keys: idempotency.Store = previous.keys if previous is not None else build_keys(config, link)
         self.upstreams: dict[str, Upstream] = {}
-        for policy in resolve(config):
+        for policy in config.policies:
             before = old.get(policy.name)
             keep = before if before is not None and before.policy.url == policy.url else None
             self.upstreams[policy.name] = Upstream(policy, keep, hook, link, self.keys)

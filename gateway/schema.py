@@ -45,7 +45,14 @@ def _plain_serializer(schema: CoreSchema) -> Callable[[Any], Any] | None:
 
 
 class _Generator(GenerateJsonSchema):
-    """Writes each default through its field's serializer, as pydantic only does in serialization mode."""
+    """Writes each default through its field's serializer, as pydantic only does in serialization mode.
+
+    Names the ``$defs`` after the YAML blocks (``Breaker``), not after the Python classes that read
+    them (``BreakerSpec``): the shipped schema's names do not follow the code's layer suffixes.
+    """
+
+    def normalize_name(self, name: str) -> str:
+        return super().normalize_name(name).removesuffix("Spec")
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         json_schema = super().default_schema(schema)

@@ -17,7 +17,7 @@ __all__ = ["TlsFiles", "tls_context"]
 
 
 class TlsFiles(Protocol):
-    """The file paths of a ``tls:`` block (``config.Tls`` is one)."""
+    """The file paths of a ``tls:`` block (``config.TlsSpec`` is one)."""
 
     @property
     def ca_file(self) -> str | None: ...

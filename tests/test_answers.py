@@ -21,7 +21,7 @@ from yarl import URL
 
 from gateway import answers
 from gateway.answers import GEMINI, GENERIC, GOTRUE, GRAPH, POSTGREST, STORAGE, answer_format, render
-from gateway.config import load_config, resolve
+from gateway.config import load_config
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -301,7 +301,7 @@ def test_status_names_and_meta_codes_per_gateway_code():
 def _graph_retry_codes(config_path: Path) -> dict[str, set[int]]:
     """Per graph route (and the upstream's own policy): the Meta codes its retry rule resends on."""
     found: dict[str, set[int]] = {}
-    for up in resolve(load_config(str(config_path))):
+    for up in load_config(str(config_path)).policies:
         if up.kind != "graph":
             continue
         for policy in (up.default, *up.routes):

@@ -18,7 +18,7 @@ from gateway.breaker import (
     IllegalTransition,
     next_state,
 )
-from gateway.config import Breaker
+from gateway.config import BreakerSpec
 from gateway.errors import BreakerOpen
 from gateway.outcomes import Outcome
 
@@ -50,7 +50,7 @@ def make(rng=lambda: 0.5, **overrides) -> tuple[CircuitBreaker, FakeClock, list[
     def on_transition(breaker: CircuitBreaker, before: str, after: str) -> None:
         transitions.append((before, after))
 
-    config = Breaker.model_validate(
+    config = BreakerSpec.model_validate(
         {"failure_threshold": 3, "recovery": "10s", "recovery_max": "35s", "min_requests": 4} | overrides
     )
     breaker = CircuitBreaker(
@@ -505,7 +505,7 @@ def test_snapshot():
 def test_on_transition_sees_every_move():
     seen: list[tuple[str, str, str]] = []
     clock = FakeClock()
-    config = Breaker.model_validate({"failure_threshold": 1, "recovery": "5s", "recovery_max": "20s"})
+    config = BreakerSpec.model_validate({"failure_threshold": 1, "recovery": "5s", "recovery_max": "20s"})
     breaker = CircuitBreaker(
         "gemini.generate",
         "gemini",
@@ -572,7 +572,7 @@ def drive(outage: float, rate: float, stall: bool, seed: int) -> tuple[list[floa
     by answering nothing until an 8 s timeout. Returns when tries were refused and when probes started."""
     clock = FakeClock(0.0)
     rng = random.Random(seed)
-    breaker = CircuitBreaker("up", "up", "-", Breaker(), clock=clock, rng=rng.random)
+    breaker = CircuitBreaker("up", "up", "-", BreakerSpec(), clock=clock, rng=rng.random)
     start, end = 10.0, 10.0 + outage
     pending: list[tuple[float, int, object, Outcome]] = []  # (answer time, order, permit, outcome)
     refused, probes = [], []
@@ -609,7 +609,7 @@ def test_refusals_end_within_3s_of_recovery_and_one_probe_per_interval_while_fai
         # while failing, probes start at most once per recovery interval (the shortest: jittered down 20 %)
         during = [t for t in probes if t < recovered]
         gaps = [b - a for a, b in itertools.pairwise(during)]
-        shortest = Breaker().recovery * (1 - RECOVERY_JITTER)
+        shortest = BreakerSpec().recovery * (1 - RECOVERY_JITTER)
         assert all(gap >= shortest - 1e-9 for gap in gaps), (seed, gaps)
         assert breaker.state == CLOSED  # a probe that succeeded closed it
         if outage >= 7 and not stall:

@@ -7,11 +7,11 @@ from multidict import CIMultiDict
 
 from gateway.cache import ResponseCache, asked, cache_control, full_key, make_entry, primary_key, verdict
 from gateway.cachestore import Entry, MemoryStore
-from gateway.config import Cache
+from gateway.config import CacheSpec
 
 
-def policy(**kw: object) -> Cache:
-    return Cache.model_validate({"ttl": "5m", **kw})
+def policy(**kw: object) -> CacheSpec:
+    return CacheSpec.model_validate({"ttl": "5m", **kw})
 
 
 def h(*pairs: tuple[str, str]) -> CIMultiDict[str]:
@@ -73,7 +73,7 @@ def test_cache_control_parses_arguments_and_repeated_headers() -> None:
         (200, h(("Content-Type", "text/event-stream")), policy(), False, 0),
     ],
 )
-def test_verdict(status: int, headers: CIMultiDict[str], pol: Cache, stored: bool, ttl: float) -> None:
+def test_verdict(status: int, headers: CIMultiDict[str], pol: CacheSpec, stored: bool, ttl: float) -> None:
     got = verdict(status, headers, pol)
     assert got.store is stored, got.why
     if stored:

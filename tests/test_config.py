@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gateway import __version__, cli
-from gateway.config import ConfigError, load_config, parse_config, redacted, resolve
+from gateway.config import ConfigError, load_config, parse_config, redacted
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]  # scenarios/ are the sim's
@@ -43,14 +43,14 @@ def test_shipped_file_loads_in_a_clean_environment(path):
     """Every ${VAR} in a shipped file has a default: an empty environment is enough."""
     config = parse_config(path.read_text(encoding="utf-8"), str(path), env={})
     assert config.upstreams
-    for up in resolve(config):
+    for up in config.policies:
         assert up.url.scheme in ("http", "https")
 
 
 def test_shipped_gateway_yaml_is_the_contract_example():
     config = load_config(str(ROOT / "gateway.yaml"))
     assert list(config.upstreams) == ["graph", "lookaside", "gemini", "supabase"]
-    gemini = {up.name: up for up in resolve(config)}["gemini"]
+    gemini = {up.name: up for up in config.policies}["gemini"]
     assert [r.name for r in gemini.routes] == ["generate", "stream"]
     assert gemini.set_headers == {}  # GEMINI_API_KEY unset: nothing injected
 
@@ -58,7 +58,7 @@ def test_shipped_gateway_yaml_is_the_contract_example():
 def test_sim_example_points_at_local_simulators():
     config = parse_config((ROOT / "config/examples/sim.yaml").read_text(), "sim.yaml", env={})
     assert set(config.upstreams) == {"graph", "lookaside", "gemini", "supabase"}
-    for up in resolve(config):
+    for up in config.policies:
         assert up.url.host == "127.0.0.1", up.name
         assert up.url.port is not None and 8081 <= up.url.port <= 8089, up.name
 
@@ -407,7 +407,7 @@ upstreams:
 
 
 def _policies():
-    (up,) = resolve(parse_config(INHERIT, "g.yaml", env={}))
+    (up,) = parse_config(INHERIT, "g.yaml", env={}).policies
     return up, {r.name: r for r in up.routes}
 
 
@@ -490,7 +490,7 @@ def test_redacted_shows_secrets_as_stars():
     assert data["cache_store"]["url"] == "redis://user:***@127.0.0.1:6379/0"
     # the values themselves are intact for the request path
     assert config.admin.token == CANARY_TOKEN
-    assert resolve(config)[0].set_headers == {"x-goog-api-key": CANARY_HEADER}
+    assert config.policies[0].set_headers == {"x-goog-api-key": CANARY_HEADER}
 
 
 def test_redact_query_defaults_and_the_contract_five_always():
@@ -508,7 +508,7 @@ def test_redact_query_defaults_and_the_contract_five_always():
 
 def test_repr_never_shows_secrets():
     config = parse_config(SECRET_YAML, "g.yaml", env={"ADMIN_TOKEN": CANARY_TOKEN})
-    assert "CANARY" not in repr(config) + str(config) + repr(resolve(config))
+    assert "CANARY" not in repr(config) + str(config) + repr(config.policies)
 
 
 def test_check_output_never_shows_secrets(tmp_path, monkeypatch, capsys):
@@ -556,8 +556,8 @@ def test_check_output_is_itself_a_valid_config(checked, tmp_path):
     """What `gateway check` prints loads back to the same effective policies."""
     again = tmp_path / "effective.yaml"
     again.write_text(checked, encoding="utf-8")
-    original = resolve(load_config(str(ROOT / "gateway.yaml")))
-    reloaded = resolve(load_config(str(again)))
+    original = load_config(str(ROOT / "gateway.yaml")).policies
+    reloaded = load_config(str(again)).policies
     assert [(u.name, u.prefix, u.default.timeouts, u.default.retry, u.breaker, u.limits) for u in reloaded] == [
         (u.name, u.prefix, u.default.timeouts, u.default.retry, u.breaker, u.limits) for u in original
     ]
@@ -597,9 +597,9 @@ def test_usage_error_exits_2(capsys):
 
 def test_a_recovery_above_recovery_max_is_the_ceiling_not_an_error():
     text = "upstreams:\n  api:\n    url: http://127.0.0.1:1\n    breaker: {recovery: 30s}\n"
-    (policy,) = resolve(parse_config(text))
+    (policy,) = parse_config(text).policies
     assert (policy.breaker.recovery, policy.breaker.recovery_max, policy.breaker.ceiling) == (30.0, 2.0, 30.0)
-    (policy,) = resolve(parse_config(text.replace("{recovery: 30s}", "{recovery: 30s, recovery_max: 10s}")))
+    (policy,) = parse_config(text.replace("{recovery: 30s}", "{recovery: 30s, recovery_max: 10s}")).policies
     assert policy.breaker.ceiling == 30.0
 
 
@@ -608,10 +608,32 @@ def test_gemini_bodies_default_to_20_mib_under_the_files_defaults():
     ``defaults.limits.max_request_body`` written in the file still overrides (issue 15)."""
 
     def limits(text: str) -> dict[str, int]:
-        return {up.name: up.limits.max_request_body for up in resolve(parse_config(text, "t.yaml"))}
+        return {up.name: up.limits.max_request_body for up in parse_config(text, "t.yaml").policies}
 
     ups = "upstreams:\n  g: {url: 'http://127.0.0.1:1', kind: gemini}\n  o: {url: 'http://127.0.0.1:2'}\n"
     assert limits(ups) == {"g": 20 * 1024**2, "o": 10 * 1024**2}
     assert limits("defaults: {limits: {max_request_body: 5MiB}}\n" + ups) == {"g": 5 * 1024**2, "o": 5 * 1024**2}
-    shipped = {up.name: up.limits.max_request_body for up in resolve(load_config(str(ROOT / "gateway.yaml")))}
+    shipped = {up.name: up.limits.max_request_body for up in load_config(str(ROOT / "gateway.yaml")).policies}
     assert shipped["gemini"] == 20 * 1024**2 and shipped["graph"] == 10 * 1024**2
+
+
+async def test_a_loaded_config_is_resolved_once_and_everything_reads_those_policies(monkeypatch):
+    """parse_config resolves inheritance once; the runtime, `gateway check`'s redacted() and the
+    cross checks read Config.policies instead of resolving again (issue 14)."""
+    from gateway.config import document
+    from gateway.runtime import Runtime
+
+    calls = []
+    real = document.resolve
+    monkeypatch.setattr(document, "resolve", lambda *a: calls.append(a) or real(*a))
+    config = load_config(str(ROOT / "gateway.yaml"))
+    assert len(calls) == 1
+    runtime = Runtime(config)
+    try:
+        redacted(config)
+        assert len(calls) == 1
+        assert all(up.policy is p for up, p in zip(runtime.upstreams.values(), config.policies, strict=True))
+    finally:
+        await runtime.close()
+    copy = config.model_copy(update={"upstreams": {}})  # a changed copy resolves its own policies
+    assert copy.policies == () and len(config.policies) > 0

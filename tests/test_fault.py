@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import Fault
+from gateway.config import FaultSpec
 from gateway.errors import FaultInjected, UpstreamTimeout
 from gateway.fault import FaultInjector
 
 from .conftest import gateway_yaml
 
 
-def fault(**block) -> Fault:
-    return Fault.model_validate(block)
+def fault(**block) -> FaultSpec:
+    return FaultSpec.model_validate(block)
 
 
 class Draws:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import _UniqueKeyLoader, parse_config
+from gateway.config import parse_config
+from gateway.yamlfile import StrictLoader
 
 from .conftest import ROOT
 
@@ -61,7 +62,7 @@ def _keys(data: Any, prefix: str = "") -> set[str]:
 
 
 def test_defaults_config_keeps_routes_and_wiring_and_drops_every_policy():
-    shipped = yaml.load(SIM_YAML.read_text(), Loader=_UniqueKeyLoader)
+    shipped = yaml.load(SIM_YAML.read_text(), Loader=StrictLoader)
     config, dropped = fault_suite.defaults_config(SIM_YAML)
     assert "defaults" not in config and not (_keys(config) & POLICIES)
     assert "defaults" in dropped and "upstreams.graph.retry" in dropped
@@ -82,7 +83,7 @@ def test_defaults_config_keeps_routes_and_wiring_and_drops_every_policy():
 def test_pointing_a_config_at_the_sim_rewrites_ports_and_refuses_foreign_urls():
     shipped = fault_suite.load_yaml(SIM_YAML)
     text = fault_suite.point_at_sim(shipped, SIM_PORTS, 18080, 19901)
-    again = yaml.load(text, Loader=_UniqueKeyLoader)
+    again = yaml.load(text, Loader=StrictLoader)
     assert again["upstreams"]["graph"]["retry"]["on"][0] == "connect-failure"  # "on" stays a key (YAML 1.2)
     assert again["upstreams"]["gemini"]["url"] == "http://127.0.0.1:18082"
     assert parse_config(text).upstreams["graph"].routes[0].name == "send_message"

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.config import Idempotency, Retry
+from gateway.config import IdempotencySpec, RetrySpec
 from gateway.errors import BadRequest, IdempotencyConflict, UpstreamReset
 from gateway.idempotency import FLIGHT_SLACK, Keeper, MemoryStore, read_key
 from gateway.retry import RetryBudget, RetryPolicy
@@ -410,8 +410,8 @@ async def test_a_claim_whose_gateway_stopped_reads_as_an_unknown_outcome():
     repeat is told the outcome is unknown; it is never forwarded a second time."""
     now = [1000.0]
     store = MemoryStore(100, 1 << 20, 1024, clock=lambda: now[0])
-    retry = RetryPolicy(Retry(), "graph", RetryBudget(0.2, 3, 10))
-    keeper = Keeper(Idempotency(), "graph", "send_message", store, retry, clock=lambda: now[0])
+    retry = RetryPolicy(RetrySpec(), "graph", RetryBudget(0.2, 3, 10))
+    keeper = Keeper(IdempotencySpec(), "graph", "send_message", store, retry, clock=lambda: now[0])
     results: list[str] = []
     args = ("POST", "/v21.0/1/messages", CIMultiDict({"idempotency-key": "k"}), b"{}", 5.0, results.append)
     claim = await keeper.claim(*args)

@@ -26,8 +26,8 @@ import yaml
 from aiohttp.client_proto import ResponseHandler
 
 from gateway import cli
-from gateway.config import Pool as PoolPolicy
-from gateway.config import load_config, parse_config, resolve
+from gateway.config import PoolSpec as PoolPolicy
+from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.logs import JsonFormatter
 from gateway.pool import WarmConnector, margin, plan
@@ -174,7 +174,7 @@ def test_margin_is_a_tenth_of_idle_timeout_between_50ms_and_5s():
 
 
 def _one(text: str, env: dict[str, str] | None = None) -> Any:
-    return resolve(parse_config(text, "t.yaml", env=env or {}))[0]
+    return parse_config(text, "t.yaml", env=env or {}).policies[0]
 
 
 def test_pool_block_inherits_defaults_then_upstream_key_by_key():
@@ -239,7 +239,7 @@ def test_proxy_env_reads_the_schemes_variable_and_no_proxy():
     )
 
     def proxies(env: dict[str, str]) -> list[str | None]:
-        return [str(u.proxy) if u.proxy else None for u in resolve(parse_config(text, "t.yaml", env=env))]
+        return [str(u.proxy) if u.proxy else None for u in parse_config(text, "t.yaml", env=env).policies]
 
     assert proxies({}) == [None, None]
     assert proxies({"HTTPS_PROXY": "http://egress:3128"}) == ["http://egress:3128", None]
@@ -250,7 +250,7 @@ def test_proxy_env_reads_the_schemes_variable_and_no_proxy():
     assert proxies({**bypass, "NO_PROXY": "*"}) == [None, None]
     assert proxies({**bypass, "no_proxy": "127.0.0.1:9"}) == ["http://egress:3128", None]
     direct = text.replace("{url: 'http://127.0.0.1:9'}", "{url: 'http://127.0.0.1:9', proxy: direct}")
-    assert [u.proxy for u in resolve(parse_config(direct, "t.yaml", env=bypass))][1] is None
+    assert [u.proxy for u in parse_config(direct, "t.yaml", env=bypass).policies][1] is None
     with pytest.raises(ConfigError) as info:
         parse_config(text, "t.yaml", env={"HTTPS_PROXY": "https://user:pw@egress:3128"})
     assert "defaults.proxy: 'env' reads HTTPS_PROXY, which is not an http:// proxy URL" in str(info.value)
@@ -259,7 +259,7 @@ def test_proxy_env_reads_the_schemes_variable_and_no_proxy():
 
 def test_the_shipped_configs_use_the_pool_defaults():
     for path in ("gateway.yaml", "config/examples/production.yaml"):
-        for up in resolve(load_config(str(ROOT / path))):
+        for up in load_config(str(ROOT / path)).policies:
             assert up.pool == PoolPolicy(), (path, up.name)
             assert up.proxy is None and up.tls is None
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import Quota
+from gateway.config import QuotaSpec
 from gateway.errors import QuotaExhausted
 from gateway.quota import PACIFIC, QuotaKeeper, TokenMeter, day_of
 
@@ -43,7 +43,7 @@ def pacific(*args: int) -> float:
 
 
 def keeper(clock: Clock, **block: Any) -> QuotaKeeper:
-    return QuotaKeeper(Quota.model_validate({"key": "model", **block}), "gemini.generate", None, clock, clock.sleep)
+    return QuotaKeeper(QuotaSpec.model_validate({"key": "model", **block}), "gemini.generate", None, clock, clock.sleep)
 
 
 async def refused(k: QuotaKeeper, key: str) -> QuotaExhausted:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.config import RateLimit
+from gateway.config import RateLimitSpec
 from gateway.errors import RateLimited
 from gateway.ratelimit import RateLimiter, TokenBucket, default_burst
 
@@ -23,7 +23,7 @@ class FakeClock:
 
 
 def limiter(clock: FakeClock, max_keys: int = 10000, sleep=None, **block) -> RateLimiter:
-    config = RateLimit.model_validate({"rate": "10/s", "burst": 5} | block)
+    config = RateLimitSpec.model_validate({"rate": "10/s", "burst": 5} | block)
     if sleep is None:
         return RateLimiter(config, clock=clock, max_keys=max_keys)
     return RateLimiter(config, clock=clock, max_keys=max_keys, sleep=sleep)

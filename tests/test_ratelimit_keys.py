@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.config import RateLimit
+from gateway.config import RateLimitSpec
 from gateway.errors import BadRequest, RateLimited
 from gateway.ratelimit import NO_VALUE, RateLimiter, RequestKey, acquire_all
 
@@ -147,7 +147,7 @@ async def test_acquire_all_sleeps_the_longest_wait_and_refunds_on_cancel():
 
     def make(rate: str) -> RateLimiter:
         return RateLimiter(
-            RateLimit.model_validate({"rate": rate, "burst": 1, "max_wait": "10s"}), clock=lambda: now[0]
+            RateLimitSpec.model_validate({"rate": rate, "burst": 1, "max_wait": "10s"}), clock=lambda: now[0]
         )
 
     one, two = make("1/s"), make("30/m")

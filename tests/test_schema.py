@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway import schema
-from gateway.config import _UniqueKeyLoader
+from gateway.yamlfile import StrictLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]  # scenarios/ are the sim's
@@ -17,7 +17,7 @@ SHIPPED = [ROOT / "gateway.yaml", *sorted((ROOT / "config" / "examples").glob("*
 
 def _raw(path: Path) -> object:
     """The file as written (no interpolation), read as the gateway reads YAML: `on:` is a string key."""
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
 
 
 def test_committed_schema_is_current():

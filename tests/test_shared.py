@@ -21,7 +21,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.breakersync import BreakerSync
 from gateway.cache import ResponseCache, primary_key
 from gateway.cachestore import Entry, FallbackStore, MemoryStore, RedisStore
-from gateway.config import Breaker, RateLimit
+from gateway.config import BreakerSpec, RateLimitSpec
 from gateway.errors import BreakerOpen, RateLimited
 from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
@@ -307,7 +307,7 @@ async def test_a_slow_redis_costs_one_timeout_then_fails_fast(link, redis_server
 
 
 async def test_the_global_bucket_is_one_bucket_for_every_limiter(link):
-    config = RateLimit.model_validate({"rate": "5/s", "burst": 5, "max_wait": "0s", "scope": "global"})
+    config = RateLimitSpec.model_validate({"rate": "5/s", "burst": 5, "max_wait": "0s", "scope": "global"})
     one = GlobalRateLimiter(config, link, "up.route", RateLimiter(config))
     two = GlobalRateLimiter(config, link, "up.route", RateLimiter(config))
     taken = 0
@@ -322,7 +322,9 @@ async def test_the_global_bucket_is_one_bucket_for_every_limiter(link):
 
 async def test_the_shared_probe_lease_admits_one_replicas_probes(link):
     clock = [100.0]
-    config = Breaker.model_validate({"failure_threshold": 1, "recovery": "1s", "half_open_requests": 1, "shared": True})
+    config = BreakerSpec.model_validate(
+        {"failure_threshold": 1, "recovery": "1s", "half_open_requests": 1, "shared": True}
+    )
     now = lambda: clock[0]  # noqa: E731 - monotonic and wall clock move together here
     breakers = [CircuitBreaker("up", "up", "-", config, clock=now, wall_clock=now) for _ in range(2)]
     syncs = [BreakerSync(link, lambda b=b: [b], wall_clock=now) for b in breakers]

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.outcomes import api_error_code, retry_after_seconds
-from gateway.sim import (
+from gateway_sim import (
     UPSTREAMS,
     RoutePlan,
     Scenario,

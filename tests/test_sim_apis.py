@@ -16,7 +16,7 @@ import math
 import aiohttp
 import pytest
 
-from gateway.sim import ROUTES, start_sim
+from gateway_sim import ROUTES, start_sim
 
 from .test_sim import FREE, GEMINI_KEY, GRAPH_AUTH, SUPA, call, stats
 from .test_sim import sims as _sims_fixture

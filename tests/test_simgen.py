@@ -1,4 +1,4 @@
-"""The scenario suite's generator (gateway/simgen.py) and the sim features it uses (issue 13, item 3).
+"""The scenario suite's generator (gateway_sim/suite.py) and the sim features it uses (issue 13, item 3).
 
 The generator is checked on its own (same seed, same schedule; every schedule valid and inside its run;
 every fault kind drawn somewhere), then the sim is run on generated schedules and on the new scenario
@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 from gateway.outcomes import api_error_code
-from gateway.sim import ROUTES, UPSTREAMS, Scenario, ScenarioError, load_scenario, parse_scenario, start_sim
-from gateway.simgen import DEFAULT_TAIL, DEFAULT_WARMUP, KINDS, LEAD, MAX_OUTAGE, delayed, generate, suite_seed
+from gateway_sim import ROUTES, UPSTREAMS, Scenario, ScenarioError, load_scenario, parse_scenario, start_sim
+from gateway_sim.suite import DEFAULT_TAIL, DEFAULT_WARMUP, KINDS, LEAD, MAX_OUTAGE, delayed, generate, suite_seed
 
 from .conftest import ROOT
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.outcomes import api_error_code, retry_after_seconds
-from gateway.sim import UPSTREAMS, parse_scenario, start_sim
+from gateway_sim import UPSTREAMS, parse_scenario, start_sim
 
 from .conftest import gateway_yaml
 

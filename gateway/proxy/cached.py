@@ -35,7 +35,7 @@ from .relay import answer_from, read_upto, relay
 if TYPE_CHECKING:
     from ..cache import FlightResult, ResponseCache, Shared
     from ..cachestore import Entry
-    from ..config import Cache as CachePolicy
+    from ..config import CacheSpec as CachePolicy
     from ..metrics import Metrics
     from .forward import Forward
     from .tries import Attempt

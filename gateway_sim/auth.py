@@ -8,7 +8,8 @@ account with that password; later ones need the same password, else 400 ``invali
 ``GET /auth/v1/user`` (403 ``session_not_found`` once its session is signed out, 403 ``bad_jwt``
 once expired). Access tokens are HS256 JWTs with GoTrue's claims (``sub``, ``aud``, ``role``,
 ``session_id``, ``exp`` …) signed with a key of this process. Errors are ``ApiFault`` in GoTrue's
-codes. At most ``MAX_SESSIONS`` sessions are kept (the oldest are dropped, as if expired).
+codes (``GOTRUE_CODES``), rendered by ``gotrue_error`` as ``{"code", "error_code", "msg"}``. At
+most ``MAX_SESSIONS`` sessions are kept (the oldest are dropped, as if expired).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .sim_common import ApiFault, json_response
+from .common import EPOCH, ApiError, ApiFault, json_response, retry_after_header
 
-__all__ = ["ACCESS_TTL", "Accounts", "user_json"]
+__all__ = ["ACCESS_TTL", "GOTRUE_CODES", "Accounts", "gotrue_error", "user_json"]
 
 ACCESS_TTL = 3600  # seconds, GoTrue's default JWT expiry
 MAX_SESSIONS = 100_000
@@ -126,6 +127,17 @@ class Accounts:
                 if scope == "global" or (scope == "local") == (other.sid == sid):
                     self._drop(other.sid)
         return web.Response(status=204)
+
+    def user(self, token: str | None) -> web.Response:
+        """``GET /auth/v1/user``: the user of a sim-issued access token; any other token gets a user
+        derived from it (the sim accepts the backend's own tokens)."""
+        token = token or ""
+        signed = self.user_for(token)
+        if signed is not None:
+            return json_response(200, signed)
+        uid = uuid.UUID(bytes=hashlib.sha256(token.encode()).digest()[:16], version=4)
+        stamp = EPOCH.isoformat().replace("+00:00", "Z")
+        return json_response(200, user_json(str(uid), f"user-{uid.hex[:8]}@example.test", stamp))
 
     def user_for(self, token: str | None) -> dict[str, Any] | None:
         """The user of a sim-issued access token; None for any other token (the caller derives one).
@@ -239,3 +251,39 @@ class Accounts:
         if session is not None:
             for token in (session.refresh, *session.spent):
                 self._by_refresh.pop(token, None)
+
+
+# GoTrue (Supabase Auth): error_code → (HTTP status, msg).
+GOTRUE_CODES: dict[str, tuple[int, str]] = {
+    "validation_failed": (400, "Unable to validate request"),
+    "no_authorization": (401, "This endpoint requires a valid Bearer token"),
+    "bad_jwt": (403, "invalid JWT: unable to parse or verify signature, token is malformed"),
+    "user_not_found": (403, "User from sub claim in JWT does not exist"),
+    "session_not_found": (403, "Session from session_id claim in JWT does not exist"),
+    "bad_json": (400, "Could not parse request body as JSON"),
+    "invalid_credentials": (400, "Invalid login credentials"),
+    "refresh_token_not_found": (400, "Invalid Refresh Token: Refresh Token Not Found"),
+    "refresh_token_already_used": (400, "Invalid Refresh Token: Already Used"),
+    "over_request_rate_limit": (429, "Request rate limit reached"),
+    "unexpected_failure": (500, "Unexpected failure, please check server logs for more information"),
+    "request_timeout": (504, "Processing this request timed out, please retry after a moment."),
+}
+_GOTRUE_BY_STATUS = {
+    400: "validation_failed",
+    401: "no_authorization",
+    403: "bad_jwt",
+    429: "over_request_rate_limit",
+    504: "request_timeout",
+}
+
+
+def gotrue_error(error: ApiError) -> web.Response:
+    """GoTrue's error body ``{"code": status, "error_code", "msg"}``."""
+    name = str(error.code) if str(error.code) in GOTRUE_CODES else None
+    if name is None:
+        status = error.status or 500
+        name = _GOTRUE_BY_STATUS.get(status, "unexpected_failure" if status >= 500 else "validation_failed")
+    status = error.status or GOTRUE_CODES[name][0]
+    message = error.message or GOTRUE_CODES[name][1]
+    body = {"code": status, "error_code": name, "msg": message}
+    return json_response(status, body, retry_after_header(error.retry_after))

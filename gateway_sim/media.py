@@ -1,12 +1,12 @@
-"""The simulated Graph API's media and business-profile endpoints (``gateway sim``).
+"""The simulated Graph API's media and Meta's media host, lookaside (``gateway sim``).
 
 Owns the media a client uploads (``POST /{ver}/{phone_id}/media``, multipart with ``file``,
 ``messaging_product`` and ``type``, answered ``{"id": …}``), deleting it (``DELETE /{ver}/{media_id}``
-→ ``{"success": true}``), what ``GET /{ver}/{media_id}`` and the lookaside download serve for an
-id (the uploaded bytes, else bytes derived from the id, so any id a webhook names works), and
-``GET|POST /{ver}/{phone_id}/whatsapp_business_profile``. Errors are raised as ``ApiFault`` in
-Meta's codes: 100 (invalid parameter; subcode 33 for an id that no longer exists), 131053
-(media upload error).
+→ ``{"success": true}``), ``GET /{ver}/{media_id}`` (``media_url``: the description, with a URL on
+the lookaside host) and the lookaside download ``GET /whatsapp_business/attachments/?mid=…``
+(``download``). An id serves the uploaded bytes, else bytes derived from the id, so any id a
+webhook names works. Errors are raised as ``ApiFault`` in Meta's codes: 100 (invalid parameter;
+subcode 33 for an id that no longer exists), 131053 (media upload error).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .sim_common import ApiFault, json_response, parse_form
+from .common import ApiFault, json_response, parse_form
 
-__all__ = ["MAX_MEDIA_BYTES", "GraphMedia", "Media", "business_profile", "derived_bytes"]
+__all__ = ["MAX_MEDIA_BYTES", "GraphMedia", "Media", "derived_bytes", "download", "media_url"]
 
 MAX_MEDIA_BYTES = 100 * 1024 * 1024  # Meta's largest media type (documents)
 KEEP_BYTES = 64 * 1024 * 1024  # uploads kept in memory; the oldest go first
@@ -107,18 +107,33 @@ def _missing(object_id: str) -> str:
     )
 
 
-def business_profile(method: str, phone_id: str) -> web.Response:
-    """``GET /{ver}/{phone_id}/whatsapp_business_profile`` (``{"data": [profile]}``); POST updates: success."""
-    if method == "POST":
-        return json_response(200, {"success": True})
-    profile = {
-        "about": "Simulated business",
-        "address": "1 Loopback Road",
-        "description": f"The simulator's profile of phone number {phone_id}",
-        "email": "support@example.test",
-        "messaging_product": "whatsapp",
-        "profile_picture_url": "https://lookaside.fbsbx.com/whatsapp_business/profile/?id=1",
-        "websites": ["https://example.test/"],
-        "vertical": "OTHER",
-    }
-    return json_response(200, {"data": [profile]})
+def media_url(store: GraphMedia, media_id: str, base: str, expires: int) -> web.Response:
+    """``GET /{ver}/{media_id}``: the media's description, with its URL on the lookaside host ``base``."""
+    media = store.get(media_id)
+    data = media.data
+    url = (
+        f"{base}/whatsapp_business/attachments/?mid={media_id}"
+        f"&ext={expires}&hash={hashlib.sha256(media_id.encode()).hexdigest()[:20]}"
+    )
+    return json_response(
+        200,
+        {
+            "messaging_product": "whatsapp",
+            "url": url,
+            "mime_type": media.mime_type,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "file_size": len(data),
+            "id": media_id,
+        },
+    )
+
+
+def download(store: GraphMedia, mid: str | None) -> web.Response:
+    """The lookaside host's ``GET /whatsapp_business/attachments/?mid=…``: the bytes, or a plain 404."""
+    if not mid:
+        return web.Response(status=404, text="Not Found")
+    try:
+        media = store.get(mid)
+    except ApiFault:  # deleted: the URL no longer works
+        return web.Response(status=404, text="Not Found")
+    return web.Response(body=media.data, headers={"Content-Type": media.mime_type})

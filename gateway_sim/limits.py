@@ -30,9 +30,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import Rate
-from .quota import TokenMeter, Usage, day_of
-from .ratelimit import TokenBucket
+from gateway.config import Rate
+from gateway.quota import TokenMeter, Usage, day_of
+from gateway.ratelimit import TokenBucket
 
 __all__ = ["Bucket", "GeminiLimits", "GraphLimits", "ModelLimits", "SimLimits"]
 

@@ -1,21 +1,40 @@
-"""What the simulator's API modules share: JSON answers, multipart forms, and ``ApiFault``.
+"""What the simulator's API modules share: errors before their shape, JSON answers, forms, tokens.
 
-Owns ``ApiFault`` (an API error raised by a handler in ``sim_graph``, ``sim_gemini``, ``sim_auth``
-or ``sim_storage`` and rendered by ``sim`` in the API's own shape), ``json_response`` and
-``parse_form`` (``multipart/form-data`` as Graph's media upload and Storage's upload send it).
+Owns ``ApiError`` (an error to answer, before ``errors.api_error`` puts it in an API's shape) and
+``ApiFault`` (the same, raised by a handler in ``graph``, ``media``, ``gemini``, ``auth``,
+``postgrest`` or ``storage``), ``json_response``, the ``Retry-After`` header, ``bearer`` (the
+token of ``Authorization: Bearer``), ``parse_form`` (``multipart/form-data`` as Graph's media
+upload and Storage's upload send it) and ``EPOCH``, the date the simulated data is stamped from.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import email.parser
 import email.policy
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["ApiFault", "FormPart", "json_response", "parse_form"]
+__all__ = ["EPOCH", "ApiError", "ApiFault", "FormPart", "bearer", "json_response", "parse_form", "retry_after_header"]
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    """An error to answer, before it is put in an API's shape."""
+
+    status: int | None
+    code: int | str | None = None
+    subcode: int | None = None
+    message: str | None = None
+    retry_after: float | None = None
+    retry_delay: float | None = None
+    plain: bool = False  # the platform's proxy answers: an HTML body, no API code
 
 
 class ApiFault(Exception):
@@ -38,6 +57,18 @@ def json_response(status: int, data: object, headers: Mapping[str, str] | None =
     body = json.dumps(data, separators=(",", ":")).encode()
     out = {"Content-Type": "application/json; charset=UTF-8", **(headers or {})}
     return web.Response(status=status, body=body, headers=out)
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (rounded up), or no header."""
+    return {} if seconds is None else {"Retry-After": str(max(0, math.ceil(seconds)))}
+
+
+def bearer(request: web.BaseRequest) -> str | None:
+    """The token of ``Authorization: Bearer …``, or None."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 @dataclass(frozen=True, slots=True)

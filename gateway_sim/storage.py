@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .sim_common import ApiFault, json_response, parse_form
+from .common import ApiFault, json_response, parse_form
 
 __all__ = ["DEFAULT_BUCKETS", "STORAGE_CODES", "Storage", "storage_error"]
 
