@@ -58,7 +58,9 @@ def shared_yaml(redis_url: str, upstream_url: str, flaky_url: str) -> str:
                 breaker: {{failure_threshold: 3, recovery: 30s, shared: true}}
             """,
         },
-        extra=f'cache_store: {{type: redis, url: "{redis_url}", prefix: "gwtest:", timeout: 200ms}}',
+        # 1 s: on a loaded 2-core machine a burst of 50 requests per replica can starve a 200 ms call,
+        # and the global limit then (rightly) falls back to each replica's own bucket
+        extra=f'cache_store: {{type: redis, url: "{redis_url}", prefix: "gwtest:", timeout: 1s}}',
     )
 
 
