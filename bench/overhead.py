@@ -21,6 +21,14 @@ sanity request) and under load (peak of samples taken every 0.2 s). The table go
     python bench/overhead.py --quick            # ~20 s: 3 s runs, only the quick variants (smoke test)
     python bench/overhead.py --rounds 3         # interleaved rounds, median req/s per path
     python bench/overhead.py --only gateway,bare-aiohttp --duration 30 --connections 64
+    python bench/overhead.py --no-flame         # skip the flame graphs (py-spy) of the gateway rows
+
+After the measured rounds, each gateway row gets one more load run of ``--flame-duration`` seconds
+under ``py-spy record`` (never during a measured run: sampling pauses the process): a flame graph
+``bench/results/flame-<row>-<date>.svg`` and, in the report, the frames that took the largest share
+of the samples, so the next person sees where the time goes. Needs ``py-spy`` (the ``bench`` extra)
+and ptrace rights over the gateway (root, or ``kernel.yama.ptrace_scope=0``); without them the run
+goes on and the report says why there is no flame graph.
 
 Everything runs on 127.0.0.1 with free ports, in a temporary directory that is removed afterwards;
 every process is started in its own process group and killed (SIGTERM, then SIGKILL) on the way out,
@@ -708,6 +716,85 @@ def settle_and_record_idle(targets: list[Target]) -> None:
             target.idle_rss_kib = target.proc.rss_kib()
 
 
+# --------------------------------------------------------------------------- flame graphs
+
+# py-spy's flame graph frames: "<title>name (file:line) (1,234 samples, 12.34%)</title><rect … y="84" … fg:x="7" fg:w="2"/>"
+_FRAME = re.compile(
+    r"<title>(?P<frame>.+?) \([\d,]+ samples?, [\d.]+%\)</title><rect [^>]*?y=\"(?P<y>\d+)\"[^>]*?"
+    r"fg:x=\"(?P<x>\d+)\" fg:w=\"(?P<w>\d+)\""
+)
+
+
+@dataclass(slots=True)
+class Flame:
+    svg: Path | None
+    requests_per_s: float = 0.0
+    own: list[tuple[str, float]] = field(default_factory=list)  # (frame, % of samples in the frame itself)
+    gateway: list[tuple[str, float]] = field(default_factory=list)  # gateway/ frames, callees included
+    error: str | None = None
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+
+
+def flame_frames(svg: str, limit: int = 15) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's SVG: the frames with the most samples of their own (the function itself, not its
+    callees; line numbers dropped, summed over every place the function appears), and the gateway's own
+    functions with their callees (counted once per stack: a frame under itself is not added twice)."""
+    frames = [(_unescape(m["frame"]), int(m["y"]), int(m["x"]), int(m["w"])) for m in _FRAME.finditer(svg)]
+    if not frames:
+        return [], []
+    total = sum(w for _f, y, _x, w in frames if y == min(fy for _n, fy, _fx, _fw in frames))
+    by_level: dict[int, list[tuple[str, int, int]]] = {}
+    for name, y, x, w in frames:
+        by_level.setdefault(y, []).append((name, x, w))
+    levels = sorted(by_level)
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for i, y in enumerate(levels):
+        deeper = by_level[levels[i + 1]] if i + 1 < len(levels) else []
+        for name, x, w in by_level[y]:
+            covered = sum(cw for _c, cx, cw in deeper if x <= cx < x + w)
+            function = re.sub(r":\d+\)$", ")", name)
+            own[function] = own.get(function, 0) + w - covered
+            if "(gateway/" in name:
+                inclusive.setdefault(function, 0)
+                inclusive[function] = max(inclusive[function], 0) + w
+    pct = 100.0 / max(total, 1)
+    top_own = sorted(((f, n * pct) for f, n in own.items() if n > 0), key=lambda fp: -fp[1])[:limit]
+    top_gateway = sorted(((f, min(n * pct, 100.0)) for f, n in inclusive.items()), key=lambda fp: -fp[1])[:limit]
+    return top_own, top_gateway
+
+
+def record_flame(target: Target, args: argparse.Namespace, started: dt.datetime) -> Flame:
+    """One load run of ``--flame-duration`` seconds with py-spy sampling the gateway; the SVG and its top frames."""
+    assert target.proc is not None
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        return Flame(None, error="py-spy not found (pip install py-spy, or the bench extra)")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    svg = args.out_dir / f"flame-{target.name}-{started:%Y-%m-%d}.svg"
+    seconds = max(1, round(args.flame_duration))
+    argv = [pyspy, "record", "--pid", str(target.proc.popen.pid), "--rate", "250", "--duration", str(seconds)]
+    argv += ["--format", "flamegraph", "--output", str(svg), "--nonblocking"]
+    spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(0.5)  # py-spy attaches
+        result = run_wrk(target.url, args.threads, args.connections, seconds, target.headers)
+        out, _ = spy.communicate(timeout=seconds + 30)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(spy.pid, signal.SIGKILL)
+        spy.wait()
+        return Flame(None, error=f"flame run failed: {exc}")
+    if spy.returncode != 0 or not svg.exists():
+        text = out.decode(errors="replace").strip().splitlines()
+        return Flame(None, error=f"py-spy exited {spy.returncode}: {text[-1] if text else ''}")
+    own, gateway = flame_frames(svg.read_text(errors="replace"))
+    return Flame(svg, result.requests_per_s, own, gateway)
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -786,6 +873,7 @@ def report(
     results: dict[str, list[Measurement]],
     started: dt.datetime,
     elapsed: float,
+    flames: dict[str, Flame] | None = None,
 ) -> str:
     best = {t.name: summarize(t, results.get(t.name, [])) for t in targets}
     bare = best.get("bare-aiohttp")
@@ -871,6 +959,28 @@ def report(
         f"{SAMPLE_EVERY:g} s during the measured run.",
         "- errors: wrk socket errors plus non-2xx answers; any non-zero value makes that row suspect.",
     ]
+    if flames:
+        lines += [
+            "",
+            "## Where the gateway's time goes (py-spy)",
+            "",
+            f"One extra {args.flame_duration:g} s load run per gateway row after the measured rounds, sampled by "
+            "`py-spy record --rate 250 --nonblocking` (not part of the numbers above). Shares are of all the "
+            "samples of the process: *own* is time in the function itself (a system call such as a socket "
+            "write counts for the Python function that made it), summed over every place it appears; the "
+            "gateway's functions are also shown with their callees.",
+            "",
+        ]
+        for name, flame in flames.items():
+            if flame.svg is None:
+                lines.append(f"- **{name}**: no flame graph: {flame.error}")
+                continue
+            lines += [f"### {name} — `{flame.svg.name}` ({flame.requests_per_s:,.0f} req/s while sampled)", ""]
+            lines += ["| own time: function | share |", "|---|---:|"]
+            lines += [f"| `{frame}` | {pct:.1f}% |" for frame, pct in flame.own]
+            lines += ["", "| gateway function, callees included | share |", "|---|---:|"]
+            lines += [f"| `{frame}` | {pct:.1f}% |" for frame, pct in flame.gateway]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -894,9 +1004,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON to this file")
     parser.add_argument("--list", action="store_true", help="list the paths and gateway variants, then exit")
+    parser.add_argument("--no-flame", action="store_true", help="no py-spy flame graphs of the gateway rows")
+    parser.add_argument(
+        "--flame-duration", type=float, default=5.0, help="seconds of sampled load per gateway row, for its flame graph"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = min(args.duration, 3.0), min(args.warmup, 1.0), 1
+        args.no_flame = True
+    if args.no_save:  # nothing written to results/, the SVGs included
+        args.no_flame = True
     if args.threads < 1 or args.connections < args.threads:
         parser.error("--connections must be at least --threads, and --threads at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
@@ -942,7 +1059,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                     target.broken = f"load run failed: {exc}"
             runnable = [t for t in runnable if t.broken is None]
-        text = report(args, info, targets, results, started, time.monotonic() - t0)
+        flames: dict[str, Flame] = {}
+        if not args.no_flame:
+            for target in runnable:
+                if target.kind == "gateway" and target.proc is not None and target.proc.alive():
+                    print(f"… {target.name} (flame graph)", file=sys.stderr, flush=True)
+                    flames[target.name] = record_flame(target, args, started)
+        text = report(args, info, targets, results, started, time.monotonic() - t0, flames)
     print(text, end="")
     if not args.no_save:
         args.out_dir.mkdir(parents=True, exist_ok=True)
