@@ -44,7 +44,7 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import answers, framing, outcomes
+from . import answers, framing, outcomes, resends
 from . import cache as cachemod
 from .cache import FlightResult, Shared
 from .cachestore import Entry
@@ -135,19 +135,6 @@ class Attempt:
         """Release the answer's connection before the next try."""
         if self.response is not None:
             self.response.release()
-
-
-class Sends:
-    """Counts the times a request's headers went out (aiohttp trace context, see ``runtime``)."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @property
-    def resent(self) -> int:
-        return max(0, self.count - 1)
 
 
 class RequestBody:
@@ -484,7 +471,7 @@ class Proxy:
         per_try = route.policy.timeouts.per_try
         kind = upstream.policy.kind
         response = None
-        sends = Sends()
+        sends = resends.counting()
         try:
             async with asyncio.timeout(min(per_try, remaining)):
                 response = await upstream.session.request(
@@ -494,7 +481,6 @@ class Proxy:
                     data=body.payload(),
                     allow_redirects=False,
                     timeout=route.client_timeout,
-                    trace_request_ctx=sends,
                 )
                 _screen_answer(response, upstream.name)
                 peeked = b""
