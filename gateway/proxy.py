@@ -33,7 +33,6 @@ import errno
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,7 @@ from .logs import access_log, event, log, redact_query
 from .metrics import method_label
 from .outcomes import Outcome
 from .ratelimit import acquire_all, route_keys
+from .requestid import new_id
 
 if TYPE_CHECKING:
     from .breaker import Permit
@@ -282,7 +282,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one request; never raises (every failure becomes an answer)."""
         incoming_id = request.headers.get("x-request-id")
-        rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
+        rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else new_id()
         path, _, query = request.raw_path.partition("?")
         shown = f"{path}?{redact_query(query, self.state.runtime.config.log.secret_params)}" if query else path
         ex = Exchange(rid, time.monotonic(), request.method, shown)
