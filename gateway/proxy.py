@@ -43,7 +43,7 @@ from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import answers, framing, outcomes, resends
+from . import answers, coalesce, framing, outcomes, resends
 from . import cache as cachemod
 from .cache import FlightResult, Shared
 from .cachestore import Entry
@@ -511,10 +511,11 @@ class Proxy:
         ex.source = "upstream"
         ex.status = answer.status
         headers = self._stamp(response_headers(answer.headers), ex, ex.attempts)
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+        response = coalesce.Answer(status=answer.status, reason=answer.reason, headers=headers)
         idle = call.route.policy.timeouts.idle
         try:
             await response.prepare(request)
+            coalesce.unless_ready(request, answer, attempt.peeked)
             ex.headers_sent_at = time.monotonic()
             if attempt.peeked:
                 await response.write(attempt.peeked)
