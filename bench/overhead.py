@@ -718,7 +718,7 @@ def settle_and_record_idle(targets: list[Target]) -> None:
 
 # --------------------------------------------------------------------------- flame graphs
 
-# py-spy's flame graph frames: "<title>name (file:line) (1,234 samples, 12.34%)</title><rect … y="84" … fg:x="7" fg:w="2"/>"
+# py-spy's flame graph frames: "<title>f (file:line) (9 samples, 1.2%)</title><rect … y="84" … fg:x="7" fg:w="2"/>"
 _FRAME = re.compile(
     r"<title>(?P<frame>.+?) \([\d,]+ samples?, [\d.]+%\)</title><rect [^>]*?y=\"(?P<y>\d+)\"[^>]*?"
     r"fg:x=\"(?P<x>\d+)\" fg:w=\"(?P<w>\d+)\""
