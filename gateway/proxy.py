@@ -532,8 +532,7 @@ class Proxy:
                     break
                 if call.meter is not None:
                     call.meter.feed(chunk)
-                async with asyncio.timeout(idle):
-                    await response.write(chunk)
+                await coalesce.write(request, response, chunk, idle)
             await response.write_eof()
         except (ConnectionError, aiohttp.ClientConnectionResetError, TimeoutError):
             ex.error = "client_disconnected"
