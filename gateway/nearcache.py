@@ -235,6 +235,7 @@ class _Subscription:
                     lambda: _Subscriber(self), target.host, target.port, ssl=target.tls
                 )
         self._protocol = protocol
+        self.heard = self.clock()  # connected: the silence limit counts from here (not trusted before SUBSCRIBE)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._poll = select.poll()

@@ -8,12 +8,17 @@ invalidations (Redis restarted, the subscription's connection killed).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+
+from gateway.cachestore import Entry, FallbackStore, MemoryStore, RedisStore
+from gateway.nearcache import NearStore
+from gateway.redislink import RedisLink
 
 from .conftest import RedisServer, Upstream
 from .test_shared import call, failing, shared_yaml, versioned, wait_for
@@ -108,3 +113,89 @@ async def test_redis_restarted_drops_the_near_cache_and_it_comes_back(pair):
     assert status == 200
     status, _, headers = await call(session, b.url, PATH)
     assert headers["x-gateway-cache"] == "MISS"
+
+
+# ---------------------------------------------------------------- two near caches in one process
+
+
+def near_store(redis: RedisServer) -> NearStore:
+    link = RedisLink(redis.url, "unit:", 0.5)
+    return NearStore(FallbackStore(RedisStore(link), MemoryStore(100, 1 << 20)), 100, 1 << 20)
+
+
+def entry(body: bytes, path: str = "/a") -> Entry:
+    return Entry("up", path, 200, "OK", (), body, time.time(), 60.0, 0.0)
+
+
+async def subscribed(store: NearStore) -> None:
+    await store.get("warm-up", lambda _v: "warm-up")  # starts the subscription
+    end = time.monotonic() + 5
+    while not store._subscriber.trusted():
+        assert time.monotonic() < end, "no subscription"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def two(redis_server: RedisServer) -> Any:
+    a, b = near_store(redis_server), near_store(redis_server)
+    await subscribed(a)
+    await subscribed(b)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_a_store_through_one_replaces_the_others_near_copy(two):
+    a, b = two
+    await a.put("p", "k", entry(b"v1"))
+    assert (await b.get("p", lambda _v: "k")).body == b"v1"  # from Redis, now near too
+    hits = b.hits
+    assert (await b.get("p", lambda _v: "k")).body == b"v1" and b.hits == hits + 1
+    await a.put("p", "k", entry(b"v2"))
+    assert (await b.get("p", lambda _v: "k")).body == b"v2"  # the announcement is applied (or waits unread)
+    await a.mark_where("up", lambda _u, p: p == "/a")
+    got = await b.get("p", lambda _v: "k")
+    assert got is not None and got.invalidated
+
+
+async def test_a_fill_an_invalidation_overtook_is_not_kept_near(two):
+    a, b = two
+    await a.put("p", "k", entry(b"v1"))
+    real_get = b.remote.get
+    reads = 0
+
+    async def slow_get(primary, key_for):
+        nonlocal reads
+        reads += 1
+        found = await real_get(primary, key_for)  # read before the invalidation...
+        if reads == 1:
+            await a.mark_where("up", lambda _u, _p: True)  # ...which B hears before its answer is used
+            await asyncio.sleep(0.2)
+        return found
+
+    b.remote.get = slow_get  # type: ignore[method-assign]
+    first = await b.get("p", lambda _v: "k")
+    assert first is not None and not first.invalidated  # what Redis said when asked
+    second = await b.get("p", lambda _v: "k")
+    assert reads == 2 and second is not None and second.invalidated  # not the near copy of the old read
+
+
+async def test_an_announcement_not_yet_read_already_keeps_the_near_copy_from_answering(two):
+    """The announcement's bytes have reached this host but the event loop has not read them yet
+    (reading paused here, to hold that moment): the near cache must not answer meanwhile."""
+    a, b = two
+    await a.put("p", "k", entry(b"v1"))
+    await b.get("p", lambda _v: "k")
+    hits = b.hits
+    assert (await b.get("p", lambda _v: "k")).body == b"v1" and b.hits == hits + 1  # near
+    protocol = b._subscriber._protocol
+    assert protocol is not None and protocol.transport is not None
+    protocol.transport.pause_reading()  # type: ignore[attr-defined]
+    try:
+        await a.put("p", "k", entry(b"v2"))
+        await asyncio.sleep(0.05)  # the announcement sits unread in B's socket
+        got = await b.get("p", lambda _v: "k")
+        assert got is not None and got.body == b"v2"  # from Redis, not the near copy
+        assert b.hits == hits + 1
+    finally:
+        protocol.transport.resume_reading()  # type: ignore[attr-defined]
