@@ -147,8 +147,9 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         cache_store: {type: redis, url: "{redis_url}", timeout: 100ms}
         upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
         """,
-        "as `gateway-cache-hit`, with the entries in Redis (a local redis-server, no persistence): every "
-        "hit is one MGET round trip to Redis plus decoding the entry",
+        "as `gateway-cache-hit`, with the entries in Redis (a local redis-server, no persistence); the hits "
+        "are answered by the near cache in front of Redis (gateway.nearcache: no round trip while its "
+        "subscription to Redis's invalidations is up)",
         cache="HIT",
         redis=True,
     ),
