@@ -22,6 +22,7 @@ sanity request) and under load (peak of samples taken every 0.2 s). The table go
     python bench/overhead.py --rounds 3         # interleaved rounds, median req/s per path
     python bench/overhead.py --only gateway,bare-aiohttp --duration 30 --connections 64
     python bench/overhead.py --no-flame         # skip the flame graphs (py-spy) of the gateway rows
+    python bench/overhead.py --base main        # each gateway row twice: this tree, and main's gateway/ (A/B)
 
 After the measured rounds, each gateway row gets one more load run of ``--flame-duration`` seconds
 under ``py-spy record`` (never during a measured run: sampling pauses the process): a flame graph
@@ -212,15 +213,28 @@ def gateway_config(
 # --------------------------------------------------------------------------- processes
 
 
-def gateway_env() -> dict[str, str]:
-    """The gateway's environment: this checkout first on PYTHONPATH, no GATEWAY_* variables.
+def gateway_env(tree: Path = REPO_DIR) -> dict[str, str]:
+    """The gateway's environment: this checkout (or ``tree``) first on PYTHONPATH, no GATEWAY_* variables.
 
     ``python -m gateway`` would otherwise import whatever the installed distribution points at (an editable
     install may point at another copy of the repository), and measure code other than this working tree's.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def base_tree(rev: str, workdir: Path) -> Path:
+    """The ``gateway`` package as of commit ``rev`` (``git archive``), for the ``--base`` rows."""
+    tree = workdir / "base"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "gateway"], capture_output=True, cwd=REPO_DIR, timeout=60
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"--base {rev}: git archive failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=60)
+    return tree
 
 
 def gateway_module() -> str:
@@ -628,7 +642,7 @@ def sanity_check(target: Target) -> None:
 def start_targets(
     procs: Processes, args: argparse.Namespace, variants: list[GatewayVariant]
 ) -> tuple[Proc, list[Target]]:
-    n_ports = 3 + 2 * len(variants)
+    n_ports = 3 + 2 * len(variants) * (2 if args.base else 1)
     ports = iter(free_ports(n_ports))
     up_port = next(ports)
     body = ("0123456789abcdef" * (BODY_BYTES // 16 + 1))[: BODY_BYTES - 1] + "\n"
@@ -682,21 +696,25 @@ def start_targets(
         wait_until(redis, lambda: port_open(redis_port), f"redis-server on port {redis_port}")
         redis_url = f"redis://{HOST}:{redis_port}/0"
 
-    for variant in variants:
+    builds: list[tuple[str, Path, str]] = [("", REPO_DIR, "")]  # (name suffix, tree, note suffix)
+    if args.base:
+        builds.append((f"@{args.base}", base_tree(args.base, procs.workdir), f" — the gateway as of {args.base}"))
+    for variant, (suffix, tree, aside) in [(v, b) for v in variants for b in builds]:
         port, admin_port = next(ports), next(ports)
         if not want(variant.name):
             continue
-        conf = procs.workdir / f"{variant.name}.yaml"
+        name = variant.name + suffix
+        conf = procs.workdir / f"{name}.yaml"
         config = gateway_config(variant, port, admin_port, up_port, redis_url)
         conf.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
-        proc = procs.start(variant.name, argv, env=gateway_env())
+        proc = procs.start(name, argv, env=gateway_env(tree))
         target = Target(
-            variant.name,
+            name,
             "gateway",
             port,
             variant.path,
-            variant.note,
+            variant.note + aside,
             proc,
             headers=variant.headers,
             cache=variant.cache,
@@ -1007,6 +1025,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the paths and gateway variants, then exit")
     parser.add_argument("--no-flame", action="store_true", help="no py-spy flame graphs of the gateway rows")
     parser.add_argument(
+        "--base", metavar="REV", help="also run every gateway row with the gateway as of commit REV (A/B in one run)"
+    )
+    parser.add_argument(
         "--flame-duration", type=float, default=5.0, help="seconds of sampled load per gateway row, for its flame graph"
     )
     args = parser.parse_args(argv)
@@ -1063,7 +1084,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flames: dict[str, Flame] = {}
         if not args.no_flame:
             for target in runnable:
-                if target.kind == "gateway" and target.proc is not None and target.proc.alive():
+                this_tree = target.kind == "gateway" and "@" not in target.name  # not the --base rows
+                if this_tree and target.proc is not None and target.proc.alive():
                     print(f"… {target.name} (flame graph)", file=sys.stderr, flush=True)
                     flames[target.name] = record_flame(target, args, started)
         text = report(args, info, targets, results, started, time.monotonic() - t0, flames)
