@@ -21,6 +21,15 @@ sanity request) and under load (peak of samples taken every 0.2 s). The table go
     python bench/overhead.py --quick            # ~20 s: 3 s runs, only the quick variants (smoke test)
     python bench/overhead.py --rounds 3         # interleaved rounds, median req/s per path
     python bench/overhead.py --only gateway,bare-aiohttp --duration 30 --connections 64
+    python bench/overhead.py --no-flame         # skip the flame graphs (py-spy) of the gateway rows
+    python bench/overhead.py --base main        # each gateway row twice: this tree, and main's gateway/ (A/B)
+
+After the measured rounds, each gateway row gets one more load run of ``--flame-duration`` seconds
+under ``py-spy record`` (never during a measured run: sampling pauses the process): a flame graph
+``bench/results/flame-<row>-<date>.svg`` and, in the report, the frames that took the largest share
+of the samples, so the next person sees where the time goes. Needs ``py-spy`` (the ``bench`` extra)
+and ptrace rights over the gateway (root, or ``kernel.yama.ptrace_scope=0``); without them the run
+goes on and the report says why there is no flame graph.
 
 Everything runs on 127.0.0.1 with free ports, in a temporary directory that is removed afterwards;
 every process is started in its own process group and killed (SIGTERM, then SIGKILL) on the way out,
@@ -139,8 +148,9 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         cache_store: {type: redis, url: "{redis_url}", timeout: 100ms}
         upstreams: {bench: {routes: [{name: ok, match: {methods: [GET], path: "/ok"}, cache: {ttl: 1h}}]}}
         """,
-        "as `gateway-cache-hit`, with the entries in Redis (a local redis-server, no persistence): every "
-        "hit is one MGET round trip to Redis plus decoding the entry",
+        "as `gateway-cache-hit`, with the entries in Redis (a local redis-server, no persistence); the hits "
+        "are answered by the near cache in front of Redis (gateway.nearcache: no round trip while its "
+        "subscription to Redis's invalidations is up)",
         cache="HIT",
         redis=True,
     ),
@@ -203,15 +213,28 @@ def gateway_config(
 # --------------------------------------------------------------------------- processes
 
 
-def gateway_env() -> dict[str, str]:
-    """The gateway's environment: this checkout first on PYTHONPATH, no GATEWAY_* variables.
+def gateway_env(tree: Path = REPO_DIR) -> dict[str, str]:
+    """The gateway's environment: this checkout (or ``tree``) first on PYTHONPATH, no GATEWAY_* variables.
 
     ``python -m gateway`` would otherwise import whatever the installed distribution points at (an editable
     install may point at another copy of the repository), and measure code other than this working tree's.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def base_tree(rev: str, workdir: Path) -> Path:
+    """The ``gateway`` package as of commit ``rev`` (``git archive``), for the ``--base`` rows."""
+    tree = workdir / "base"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "gateway"], capture_output=True, cwd=REPO_DIR, timeout=60
+    )
+    if archive.returncode != 0:
+        raise RuntimeError(f"--base {rev}: git archive failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=60)
+    return tree
 
 
 def gateway_module() -> str:
@@ -619,7 +642,7 @@ def sanity_check(target: Target) -> None:
 def start_targets(
     procs: Processes, args: argparse.Namespace, variants: list[GatewayVariant]
 ) -> tuple[Proc, list[Target]]:
-    n_ports = 3 + 2 * len(variants)
+    n_ports = 3 + 2 * len(variants) * (2 if args.base else 1)
     ports = iter(free_ports(n_ports))
     up_port = next(ports)
     body = ("0123456789abcdef" * (BODY_BYTES // 16 + 1))[: BODY_BYTES - 1] + "\n"
@@ -673,21 +696,25 @@ def start_targets(
         wait_until(redis, lambda: port_open(redis_port), f"redis-server on port {redis_port}")
         redis_url = f"redis://{HOST}:{redis_port}/0"
 
-    for variant in variants:
+    builds: list[tuple[str, Path, str]] = [("", REPO_DIR, "")]  # (name suffix, tree, note suffix)
+    if args.base:
+        builds.append((f"@{args.base}", base_tree(args.base, procs.workdir), f" — the gateway as of {args.base}"))
+    for variant, (suffix, tree, aside) in [(v, b) for v in variants for b in builds]:
         port, admin_port = next(ports), next(ports)
         if not want(variant.name):
             continue
-        conf = procs.workdir / f"{variant.name}.yaml"
+        name = variant.name + suffix
+        conf = procs.workdir / f"{name}.yaml"
         config = gateway_config(variant, port, admin_port, up_port, redis_url)
         conf.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [sys.executable, "-m", "gateway", "run", "--config", str(conf)]
-        proc = procs.start(variant.name, argv, env=gateway_env())
+        proc = procs.start(name, argv, env=gateway_env(tree))
         target = Target(
-            variant.name,
+            name,
             "gateway",
             port,
             variant.path,
-            variant.note,
+            variant.note + aside,
             proc,
             headers=variant.headers,
             cache=variant.cache,
@@ -706,6 +733,85 @@ def settle_and_record_idle(targets: list[Target]) -> None:
     for target in targets:
         if target.proc is not None and target.broken is None:
             target.idle_rss_kib = target.proc.rss_kib()
+
+
+# --------------------------------------------------------------------------- flame graphs
+
+# py-spy's flame graph frames: "<title>f (file:line) (9 samples, 1.2%)</title><rect … y="84" … fg:x="7" fg:w="2"/>"
+_FRAME = re.compile(
+    r"<title>(?P<frame>.+?) \([\d,]+ samples?, [\d.]+%\)</title><rect [^>]*?y=\"(?P<y>\d+)\"[^>]*?"
+    r"fg:x=\"(?P<x>\d+)\" fg:w=\"(?P<w>\d+)\""
+)
+
+
+@dataclass(slots=True)
+class Flame:
+    svg: Path | None
+    requests_per_s: float = 0.0
+    own: list[tuple[str, float]] = field(default_factory=list)  # (frame, % of samples in the frame itself)
+    gateway: list[tuple[str, float]] = field(default_factory=list)  # gateway/ frames, callees included
+    error: str | None = None
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+
+
+def flame_frames(svg: str, limit: int = 15) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's SVG: the frames with the most samples of their own (the function itself, not its
+    callees; line numbers dropped, summed over every place the function appears), and the gateway's own
+    functions with their callees (counted once per stack: a frame under itself is not added twice)."""
+    frames = [(_unescape(m["frame"]), int(m["y"]), int(m["x"]), int(m["w"])) for m in _FRAME.finditer(svg)]
+    if not frames:
+        return [], []
+    total = sum(w for _f, y, _x, w in frames if y == min(fy for _n, fy, _fx, _fw in frames))
+    by_level: dict[int, list[tuple[str, int, int]]] = {}
+    for name, y, x, w in frames:
+        by_level.setdefault(y, []).append((name, x, w))
+    levels = sorted(by_level)
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for i, y in enumerate(levels):
+        deeper = by_level[levels[i + 1]] if i + 1 < len(levels) else []
+        for name, x, w in by_level[y]:
+            covered = sum(cw for _c, cx, cw in deeper if x <= cx < x + w)
+            function = re.sub(r":\d+\)$", ")", name)
+            own[function] = own.get(function, 0) + w - covered
+            if "(gateway/" in name:
+                inclusive.setdefault(function, 0)
+                inclusive[function] = max(inclusive[function], 0) + w
+    pct = 100.0 / max(total, 1)
+    top_own = sorted(((f, n * pct) for f, n in own.items() if n > 0), key=lambda fp: -fp[1])[:limit]
+    top_gateway = sorted(((f, min(n * pct, 100.0)) for f, n in inclusive.items()), key=lambda fp: -fp[1])[:limit]
+    return top_own, top_gateway
+
+
+def record_flame(target: Target, args: argparse.Namespace, started: dt.datetime) -> Flame:
+    """One load run of ``--flame-duration`` seconds with py-spy sampling the gateway; the SVG and its top frames."""
+    assert target.proc is not None
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        return Flame(None, error="py-spy not found (pip install py-spy, or the bench extra)")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    svg = args.out_dir / f"flame-{target.name}-{started:%Y-%m-%d}.svg"
+    seconds = max(1, round(args.flame_duration))
+    argv = [pyspy, "record", "--pid", str(target.proc.popen.pid), "--rate", "250", "--duration", str(seconds)]
+    argv += ["--format", "flamegraph", "--output", str(svg), "--nonblocking"]
+    spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(0.5)  # py-spy attaches
+        result = run_wrk(target.url, args.threads, args.connections, seconds, target.headers)
+        out, _ = spy.communicate(timeout=seconds + 30)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(spy.pid, signal.SIGKILL)
+        spy.wait()
+        return Flame(None, error=f"flame run failed: {exc}")
+    if spy.returncode != 0 or not svg.exists():
+        text = out.decode(errors="replace").strip().splitlines()
+        return Flame(None, error=f"py-spy exited {spy.returncode}: {text[-1] if text else ''}")
+    own, gateway = flame_frames(svg.read_text(errors="replace"))
+    return Flame(svg, result.requests_per_s, own, gateway)
 
 
 # --------------------------------------------------------------------------- the report
@@ -786,6 +892,7 @@ def report(
     results: dict[str, list[Measurement]],
     started: dt.datetime,
     elapsed: float,
+    flames: dict[str, Flame] | None = None,
 ) -> str:
     best = {t.name: summarize(t, results.get(t.name, [])) for t in targets}
     bare = best.get("bare-aiohttp")
@@ -871,6 +978,28 @@ def report(
         f"{SAMPLE_EVERY:g} s during the measured run.",
         "- errors: wrk socket errors plus non-2xx answers; any non-zero value makes that row suspect.",
     ]
+    if flames:
+        lines += [
+            "",
+            "## Where the gateway's time goes (py-spy)",
+            "",
+            f"One extra {args.flame_duration:g} s load run per gateway row after the measured rounds, sampled by "
+            "`py-spy record --rate 250 --nonblocking` (not part of the numbers above). Shares are of all the "
+            "samples of the process: *own* is time in the function itself (a system call such as a socket "
+            "write counts for the Python function that made it), summed over every place it appears; the "
+            "gateway's functions are also shown with their callees.",
+            "",
+        ]
+        for name, flame in flames.items():
+            if flame.svg is None:
+                lines.append(f"- **{name}**: no flame graph: {flame.error}")
+                continue
+            lines += [f"### {name} — `{flame.svg.name}` ({flame.requests_per_s:,.0f} req/s while sampled)", ""]
+            lines += ["| own time: function | share |", "|---|---:|"]
+            lines += [f"| `{frame}` | {pct:.1f}% |" for frame, pct in flame.own]
+            lines += ["", "| gateway function, callees included | share |", "|---|---:|"]
+            lines += [f"| `{frame}` | {pct:.1f}% |" for frame, pct in flame.gateway]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -894,9 +1023,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON to this file")
     parser.add_argument("--list", action="store_true", help="list the paths and gateway variants, then exit")
+    parser.add_argument("--no-flame", action="store_true", help="no py-spy flame graphs of the gateway rows")
+    parser.add_argument(
+        "--base", metavar="REV", help="also run every gateway row with the gateway as of commit REV (A/B in one run)"
+    )
+    parser.add_argument(
+        "--flame-duration", type=float, default=5.0, help="seconds of sampled load per gateway row, for its flame graph"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = min(args.duration, 3.0), min(args.warmup, 1.0), 1
+        args.no_flame = True
+    if args.no_save:  # nothing written to results/, the SVGs included
+        args.no_flame = True
     if args.threads < 1 or args.connections < args.threads:
         parser.error("--connections must be at least --threads, and --threads at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
@@ -942,7 +1081,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                     target.broken = f"load run failed: {exc}"
             runnable = [t for t in runnable if t.broken is None]
-        text = report(args, info, targets, results, started, time.monotonic() - t0)
+        flames: dict[str, Flame] = {}
+        if not args.no_flame:
+            for target in runnable:
+                this_tree = target.kind == "gateway" and "@" not in target.name  # not the --base rows
+                if this_tree and target.proc is not None and target.proc.alive():
+                    print(f"… {target.name} (flame graph)", file=sys.stderr, flush=True)
+                    flames[target.name] = record_flame(target, args, started)
+        text = report(args, info, targets, results, started, time.monotonic() - t0, flames)
     print(text, end="")
     if not args.no_save:
         args.out_dir.mkdir(parents=True, exist_ok=True)

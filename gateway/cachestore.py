@@ -19,6 +19,7 @@ still serve it STALE when the upstream fails. A marked entry that is stored agai
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -278,8 +279,9 @@ class MemoryStore(Store):
 # --------------------------------------------------------------------------- redis
 
 # put: the entry and its Vary names with the entry's lifetime, and the (upstream, path) index sets,
-# whose lifetime only grows; a soft-purge mark on the key is cleared. KEYS: entry, vary, path set,
-# upstream set, mark. ARGV: entry bytes, vary JSON, lifetime ms, entry key, path.
+# whose lifetime only grows; a soft-purge mark on the key is cleared; the change is announced to the
+# near caches (``gateway.nearcache``). KEYS: entry, vary, path set, upstream set, mark. ARGV: entry
+# bytes, vary JSON, lifetime ms, entry key, path, announcement channel, announcement.
 _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
@@ -289,6 +291,7 @@ redis.call('SADD', KEYS[3], ARGV[4])
 if redis.call('PTTL', KEYS[3]) < ms then redis.call('PEXPIRE', KEYS[3], ms) end
 redis.call('SADD', KEYS[4], ARGV[5])
 if redis.call('PTTL', KEYS[4]) < ms then redis.call('PEXPIRE', KEYS[4], ms) end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
 
@@ -314,6 +317,10 @@ class RedisStore(Store):
       paths, for invalidation and purge. Stale members (expired entries) are harmless;
     - ``i:<key>``: present while the entry is soft-purged (``mark_where``), expiring with it.
 
+    Every change is announced on the channel ``near`` (``sender \\t upstream \\t path``; the path
+    empty for a whole upstream, the upstream empty for all): a put in its own script, an
+    invalidation or purge once done, before the call returns. ``gateway.nearcache`` listens.
+
     Keys are SHA-256 digests; paths appear in clear (they are the upstream's URLs, not header
     values). Bounds are Redis's own (``maxmemory`` and its eviction policy); ``max_entry_bytes``
     still applies. Single-node Redis (the multi-key script assumes one slot space).
@@ -323,6 +330,8 @@ class RedisStore(Store):
 
     def __init__(self, link: RedisLink) -> None:
         self.link = link
+        self.channel = link.key("near")
+        self.sender = os.urandom(8).hex()  # this replica, in its announcements
         self._put = link.client.register_script(_PUT)
         self._mark = link.client.register_script(_MARK)
         self._stats = StoreStats()
@@ -350,8 +359,18 @@ class RedisStore(Store):
         if lifetime <= 0:
             return
         keys = [k("e", key), k("v", primary), k("p", entry.upstream, entry.path), k("u", entry.upstream), k("i", key)]
-        args = [entry.to_bytes(), json.dumps(list(entry.vary)), max(1, int(lifetime * 1000)), key, entry.path]
+        lifetime_ms = max(1, int(lifetime * 1000))
+        args = [entry.to_bytes(), json.dumps(list(entry.vary)), lifetime_ms, key, entry.path, self.channel]
+        args.append(self._announcement(entry.upstream, entry.path))
         await self.link.script("put", self._put, keys, args)
+
+    def _announcement(self, upstream: str | None, path: str = "") -> str:
+        return f"{self.sender}\t{upstream or ''}\t{path}"
+
+    async def _announce(self, op: str, upstream: str | None) -> None:
+        """Tell the near caches that ``upstream``'s entries (every upstream's for None) changed."""
+        message = self._announcement(upstream)
+        await self.link.call(op, lambda r: r.publish(self.channel, message))
 
     async def _upstreams(self) -> list[str]:
         pattern = self.link.key("u", "*")
@@ -378,6 +397,7 @@ class RedisStore(Store):
             for path in [p for p in await self._members("delete", k("u", name)) if match(name, p)]:
                 doomed = [k("e", key) for key in await self._members("delete", k("p", name, path))]
                 deleted += await self.link.call("delete", _dropper(doomed, k("p", name, path), k("u", name), path))
+        await self._announce("delete", upstream)
         return deleted
 
     async def mark_where(self, upstream: str, match: PathFilter) -> int:
@@ -386,6 +406,7 @@ class RedisStore(Store):
         for path in [p for p in await self._members("mark", k("u", upstream)) if match(upstream, p)]:
             args = [k("e", ""), k("i", ""), repr(time.time())]
             marked += int(await self.link.script("mark", self._mark, [k("p", upstream, path)], args))
+        await self._announce("mark", upstream)
         return marked
 
     def stats(self) -> StoreStats:

@@ -20,13 +20,16 @@ Header values are never logged: no function here accepts headers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from json.encoder import encode_basestring_ascii as _quote  # the C speedup
+from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
 __all__ = [
@@ -131,8 +134,15 @@ def redact_data(data: Any) -> Any:
     return data
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    global _second
+    whole = int(created)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,8 +178,10 @@ def configure(level: str = "info", fmt: str = "json", access: bool = True, redac
     ``log.redact_query``, whose names free text hides inside URLs too (with the defaults)."""
     global _URL_PARAM
     _URL_PARAM = _url_param(SECRET_PARAMS | {name.lower() for name in redact})
+    global _direct
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _direct = handler if fmt == "json" else None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -187,6 +199,53 @@ def event(msg: str, level: int = logging.INFO, **fields: Any) -> None:
 
 
 def access_log(fields: dict[str, Any]) -> None:
-    """Write one access-log line; ``fields`` are contract §5's, already redacted."""
-    if not _access.disabled:
+    """Write one access-log line; ``fields`` are contract §5's, already redacted.
+
+    While the JSON handler ``configure`` installed is the only one (as in production), the line is
+    written straight to its stream, the same bytes ``JsonFormatter`` writes, without a ``LogRecord``,
+    the logging module's locks and lookups or ``json.dumps`` (about 45 µs a line, issue 17; this path
+    about 3 µs), and the lines of one event-loop turn are flushed together, at its end. Any other
+    set-up (a text format, another handler such as a test's log capture) goes through ``logging``."""
+    if _access.disabled:
+        return
+    root = logging.root.handlers
+    direct = _direct
+    if direct is None or len(root) != 1 or root[0] is not direct or _access.handlers:
         _access.info("access", extra={"fields": fields})
+        return
+    cache, error = fields["cache"], fields["error"]
+    line = (
+        f'{{"time":"{_timestamp(time.time())}","level":"info","request_id":{_quote(fields["request_id"])},'
+        f'"upstream":{_quote(fields["upstream"])},"route":{_quote(fields["route"])},"method":{_quote(fields["method"])},'
+        f'"path":{_quote(fields["path"])},"status":{int(fields["status"])},"duration_ms":{float(fields["duration_ms"])!r},'
+        f'"attempts":{int(fields["attempts"])},"cache":{"null" if cache is None else _quote(cache)},'
+        f'"error":{"null" if error is None else _quote(error)}}}\n'
+    )
+    with contextlib.suppress(OSError, ValueError):  # as logging.StreamHandler: a log write never fails a request
+        direct.stream.write(line)
+    _flush_soon(direct.stream)
+
+
+_direct: logging.StreamHandler[TextIO] | None = None  # configure's JSON handler: access lines bypass logging
+_flush_pending = False
+
+
+def _flush_soon(stream: TextIO) -> None:
+    """Flush ``stream`` once the event loop's current turn ends (at once when no loop runs)."""
+    global _flush_pending
+    if _flush_pending:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        stream.flush()
+        return
+    _flush_pending = True
+    loop.call_soon(_flush, stream)
+
+
+def _flush(stream: TextIO) -> None:
+    global _flush_pending
+    _flush_pending = False
+    with contextlib.suppress(OSError, ValueError):  # stdout closed: as logging.StreamHandler, never raise
+        stream.flush()

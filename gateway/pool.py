@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,7 @@ class Pool:
         tls: TlsSpec | None,
         proxy: URL | None,
         connect_timeout: float,
-        trace_configs: Iterable[aiohttp.TraceConfig] = (),
+        request_class: type[aiohttp.ClientRequest] = aiohttp.ClientRequest,  # gateway.resends counts sends
         clock: Callable[[], float] = aiohttp_clock,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -166,7 +166,7 @@ class Pool:
             ssl=tls_context(tls) if tls is not None else True,
         )
         self.session = aiohttp.ClientSession(
-            trace_configs=list(trace_configs) or None,
+            request_class=request_class,
             connector=self.connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),

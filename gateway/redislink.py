@@ -49,6 +49,7 @@ class RedisLink:
         from redis.exceptions import RedisError
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self.url = url  # the subscription of gateway.nearcache connects with it too
         self.prefix = prefix
         self.timeout = timeout
         self.retry_after = retry_after

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from cachetools import LRUCache
@@ -32,6 +31,7 @@ from .pool import Pool
 from .quota import QuotaKeeper, Usage, new_usages
 from .ratelimit import GlobalRateLimiter, Limiter, RateLimiter
 from .redislink import RedisLink
+from .resends import CountingRequest
 from .retry import RetryBudget, RetryPolicy
 from .routing import Router
 from .stats import MinuteWindow
@@ -89,7 +89,7 @@ class Upstream:
             self.pool = previous.pool
             self.pool.update(policy.pool, connect)
         else:
-            self.pool = Pool(policy.name, policy.url, policy.pool, policy.tls, policy.proxy, connect, [_TRACE])
+            self.pool = Pool(policy.name, policy.url, policy.pool, policy.tls, policy.proxy, connect, CountingRequest)
         self.session = self.pool.session
         if previous is not None:
             self.stats = previous.stats
@@ -170,22 +170,6 @@ class Upstream:
         """The upstream URL for a raw path and raw query, byte for byte (no re-encoding)."""
         target = self.base + path if query is None else f"{self.base}{path}?{query}"
         return URL(target, encoded=True)
-
-
-async def _headers_sent(
-    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestHeadersSentParams
-) -> None:
-    sends = ctx.trace_request_ctx
-    if sends is not None:
-        sends.count += 1
-
-
-# aiohttp resends an idempotent request once by itself when a pooled keep-alive connection turns
-# out to be closed. That is right (the upstream closed an idle connection) but it must be seen:
-# the proxy counts the times headers went out and reports the extra ones as tries.
-_TRACE = aiohttp.TraceConfig()
-_TRACE.on_request_headers_sent.append(_headers_sent)
-_TRACE.freeze()
 
 
 class Runtime:

@@ -38,6 +38,7 @@ from .errors import (
 from .listener import HardenedServer, descriptor_budget
 from .logs import configure, event
 from .metrics import Metrics
+from .nearcache import NearStore
 from .proxy import Proxy
 from .redislink import RedisLink
 from .runtime import Runtime
@@ -381,7 +382,8 @@ def build_cache(config: Config, metrics: Metrics, link: RedisLink | None = None)
     """The process's response cache: in memory, or in Redis with memory as the fallback."""
     spec = config.cache_store
     memory = MemoryStore(spec.max_entries, spec.max_bytes)
-    store: Store = memory if link is None else FallbackStore(RedisStore(link), memory)
+    shared = None if link is None else FallbackStore(RedisStore(link), memory)
+    store: Store = memory if shared is None else NearStore(shared, spec.max_entries, spec.max_bytes)
 
     def store_failed(kind: str, op: str, exc: BaseException) -> None:
         metrics.store_errors.labels(kind, op).inc()

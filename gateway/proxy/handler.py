@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -27,6 +26,7 @@ from ..errors import ClientGone, Draining, GatewayError, MalformedBody
 from ..hygiene import check_request
 from ..logs import access_log, log, redact_query
 from ..metrics import method_label
+from ..requestid import new_id
 from .body import RequestBody
 from .cached import Cached
 from .exchange import Exchange
@@ -59,7 +59,7 @@ class Proxy:
         """Serve one request; never raises (every failure becomes an answer)."""
         runtime = self.state.runtime  # this request keeps this policy to the end
         incoming_id = request.headers.get("x-request-id")
-        rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex
+        rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else new_id()
         path, _, query = request.raw_path.partition("?")
         shown = f"{path}?{redact_query(query, runtime.config.log.secret_params)}" if query else path
         ex = Exchange(rid, time.monotonic(), request.method, shown, runtime)

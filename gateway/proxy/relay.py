@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .. import outcomes
+from .. import coalesce, outcomes
 from ..hygiene import response_headers
 from .exchange import stamp
 
@@ -39,10 +39,11 @@ async def relay(request: web.BaseRequest, call: Call, attempt: Attempt) -> web.S
     ex.source = "upstream"
     ex.status = answer.status
     headers = stamp(response_headers(answer.headers), ex, ex.attempts)
-    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    response = coalesce.Answer(status=answer.status, reason=answer.reason, headers=headers)
     idle = call.route.policy.timeouts.idle
     try:
         await response.prepare(request)
+        coalesce.unless_ready(request, answer, attempt.peeked)
         ex.headers_sent_at = time.monotonic()
         if attempt.peeked:
             await response.write(attempt.peeked)
@@ -59,8 +60,7 @@ async def relay(request: web.BaseRequest, call: Call, attempt: Attempt) -> web.S
                 break
             if call.meter is not None:
                 call.meter.feed(chunk)
-            async with asyncio.timeout(idle):
-                await response.write(chunk)
+            await coalesce.write(request, response, chunk, idle)
         await response.write_eof()
     except (ConnectionError, aiohttp.ClientConnectionResetError, TimeoutError):
         ex.error = "client_disconnected"

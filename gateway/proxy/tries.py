@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from yarl import URL
 
-from .. import outcomes
+from .. import outcomes, resends
 from ..errors import BodyTooLarge, BreakerOpen, MalformedAnswer
 from ..logs import event
 from ..outcomes import Outcome
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from .exchange import Call
 
-__all__ = ["Attempt", "Sends", "Tries"]
+__all__ = ["Attempt", "Tries"]
 
 # Control characters an upstream's header value must not carry to the client (tab is allowed).
 _BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -50,19 +50,6 @@ class Attempt:
         """Release the answer's connection before the next try."""
         if self.response is not None:
             self.response.release()
-
-
-class Sends:
-    """Counts the times a request's headers went out (aiohttp trace context, see ``runtime``)."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @property
-    def resent(self) -> int:
-        return max(0, self.count - 1)
 
 
 class Tries:
@@ -131,7 +118,7 @@ class Tries:
         per_try = route.policy.timeouts.per_try
         kind = upstream.policy.kind
         response = None
-        sends = Sends()
+        sends = resends.counting()
         try:
             async with asyncio.timeout(min(per_try, remaining)):
                 response = await upstream.session.request(
@@ -141,7 +128,6 @@ class Tries:
                     data=call.body.payload(),
                     allow_redirects=False,
                     timeout=route.client_timeout,
-                    trace_request_ctx=sends,
                 )
                 _screen_answer(response, upstream.name)
                 peeked = b""
