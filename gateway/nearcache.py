@@ -22,14 +22,18 @@ a purge of all upstreams. The near cache answers only while
   or an error): a message, or the news that the subscription ended, that has reached this host is
   applied before the near cache is trusted again (meanwhile the lookup goes to Redis).
 
-So a write's answer leaves replica A only once Redis has queued the invalidation to every
-subscribed replica, and replica B stops answering the old entry from its near cache as soon as the
-message's bytes reach B's host. The window left is the message's time in flight from Redis to B
-(on a LAN, tens to hundreds of µs; a read sent by a client who has A's answer must cross the
-network too), and, for a silent network partition between B and Redis, up to ``HEARD_WITHIN``
-(B's near cache is bypassed once Redis has not been heard for that long). If A's announcement
-itself fails (Redis answered the invalidation, then timed out), the other replicas' near caches
-may hold that upstream's entries until A's Redis link recovers and replays the invalidation
+A write's answer waits for a barrier. After its invalidation, replica A publishes a barrier
+(``?token``) on the same channel; PUBLISH says how many subscriptions received it, and each of them
+answers ``!token`` once it has read the barrier, from its ordinary Redis connection. A subscription
+reads its messages in order, so a replica that answered the barrier has applied the invalidation
+before it. A waits for every answer, or for ``HEARD_WITHIN`` at most: a replica that has not
+answered by then has not read from Redis for that long, and so no longer trusts its near cache
+(above). So once the write's answer has left A, no replica answers the old entry from its near
+cache. The price is one more round trip per write, about a millisecond on a LAN, and a full
+``HEARD_WITHIN`` when a subscribed replica cannot answer (an older gateway during a rolling
+upgrade: upgrade all replicas together, or accept a one-second write). If A's announcement itself
+fails (Redis answered the invalidation, then timed out), the other replicas' near caches may hold
+that upstream's entries until A's Redis link recovers and replays the invalidation
 (``FallbackStore``), which announces it again.
 
 A fill races an invalidation: a lookup that missed the near cache reads Redis, and an
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import select
 import ssl
@@ -60,6 +65,7 @@ NEAR_BYTES = 16 * 1024 * 1024  # at most (or cache_store.max_bytes when lower)
 PING_EVERY = 0.25  # seconds between PINGs on the subscription
 HEARD_WITHIN = 1.0  # the near cache answers only if Redis was heard from this recently
 RECONNECT_MAX = 2.0  # the longest wait between subscription attempts
+BARRIER, ANSWER = "?", "!"  # a write's barrier and a replica's answer to it, on the same channel
 
 
 class NearStore(Store):
@@ -81,6 +87,9 @@ class NearStore(Store):
         self.generation = 0
         self.hits = 0  # answered from the near cache
         self._subscriber = _Subscription(self)
+        self._tokens = itertools.count()
+        self._barriers: dict[str, _Barrier] = {}  # this replica's barriers waiting for their answers
+        self._answering: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ Store
 
@@ -98,8 +107,8 @@ class NearStore(Store):
             entry = await self.remote.get(primary, key_for)
         except StoreUnavailable:
             return await self.shared.local.get(primary, key_for)
-        if entry is not None and trusted and generation == self.generation:
-            await self.near.put(primary, key_for(entry.vary), entry)
+        if entry is not None and trusted and generation == self.generation and not entry.invalidated:
+            await self.near.put(primary, key_for(entry.vary), entry)  # a soft-purged entry stays remote
         return entry
 
     async def put(self, primary: str, key: str, entry: Entry) -> None:
@@ -111,14 +120,20 @@ class NearStore(Store):
             return
         if self._subscriber.trusted() and generation == self.generation:
             await self.near.put(primary, key, entry)
+        else:  # never leave the older near copy of this key answering
+            self.near._entries.pop(key, None)
 
     async def delete_where(self, upstream: str | None, match: PathFilter) -> int:
         self._forget(upstream, match)
-        return await self.shared.delete_where(upstream, match)
+        done = await self.shared.delete_where(upstream, match)
+        await self.barrier()
+        return done
 
     async def mark_where(self, upstream: str, match: PathFilter) -> int:
         self._forget(upstream, match)
-        return await self.shared.mark_where(upstream, match)
+        done = await self.shared.mark_where(upstream, match)
+        await self.barrier()
+        return done
 
     def stats(self) -> StoreStats:
         return self.shared.stats()
@@ -143,9 +158,46 @@ class NearStore(Store):
         for key in doomed:
             del self.near._entries[key]
 
+    async def barrier(self) -> None:
+        """Return once every subscribed replica has read what this replica announced so far, or after
+        ``HEARD_WITHIN`` (see the module's docstring). Redis down: nothing was announced, no wait."""
+        sub = self._subscriber
+        sub.start()
+        token = f"{self.remote.sender}:{next(self._tokens)}"
+        waiting = self._barriers[token] = _Barrier()
+        try:
+            if not sub.subscribed:  # the answers come on the subscription: a moment for it to come up
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARD_WITHIN):
+                        await sub.up.wait()
+            receivers = await self.remote.link.call(
+                "barrier", lambda r: r.publish(self.remote.channel, BARRIER + token)
+            )
+            waiting.expected = int(receivers) if sub.subscribed else 1 << 30  # deaf: wait the limit out
+            if waiting.answers < waiting.expected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARD_WITHIN):
+                        await waiting.all_in
+        except StoreUnavailable:
+            pass
+        finally:
+            del self._barriers[token]
+
     def announced(self, message: bytes) -> None:
-        """A change another replica made: ``sender \\t upstream \\t path``; an empty path is the whole
+        """A message on the channel: a barrier (``?token``: answer it), an answer to one (``!token``),
+        or a change another replica made: ``sender \\t upstream \\t path``; an empty path is the whole
         upstream, an empty upstream every upstream."""
+        if message[:1] == b"?":
+            token = message[1:].decode(errors="replace")
+            task = asyncio.get_running_loop().create_task(self._answer(token))
+            self._answering.add(task)  # a reference until done: the loop keeps only a weak one
+            task.add_done_callback(self._answering.discard)
+            return
+        if message[:1] == b"!":
+            waiting = self._barriers.get(message[1:].decode(errors="replace"))
+            if waiting is not None:
+                waiting.answered()
+            return
         sender, _, rest = message.partition(b"\t")
         if sender.decode(errors="replace") == self.remote.sender:
             return  # this replica's own change: its near cache is already up to date
@@ -159,9 +211,28 @@ class NearStore(Store):
         else:
             self._forget(upstream, lambda _u, _p: True)
 
+    async def _answer(self, token: str) -> None:
+        """Every message before the barrier is applied (one connection, read in order): say so."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.remote.link.call("barrier", lambda r: r.publish(self.remote.channel, ANSWER + token))
+
     def drop_all(self) -> None:
         """The subscription is gone: nothing near may be trusted any more."""
         self._forget(None, lambda _u, _p: True)
+
+
+class _Barrier:
+    """One barrier of this replica: the answers counted, the number expected (PUBLISH's count)."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.expected = 1 << 30  # until PUBLISH has said how many received it
+        self.all_in: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answered(self) -> None:
+        self.answers += 1
+        if self.answers >= self.expected and not self.all_in.done():
+            self.all_in.set_result(None)
 
 
 # --------------------------------------------------------------------------- the subscription
@@ -177,6 +248,7 @@ class _Subscription:
         self.timeout = owner.remote.link.timeout
         self.clock = owner.clock
         self.subscribed = False
+        self.up = asyncio.Event()  # set while subscribed (a barrier waits for it)
         self.heard = -1e9  # when Redis last sent anything on this connection
         self._poll: select.poll | None = None  # the subscription's socket, for bytes or an end not yet read
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +328,7 @@ class _Subscription:
     def _confirmed(self) -> None:
         self.owner.drop_all()
         self.subscribed = True
+        self.up.set()
         if self._failing:
             self._failing = False
             event("near cache on: subscribed to the cache's invalidations again")
@@ -263,6 +336,7 @@ class _Subscription:
     def _lost(self) -> None:
         was = self.subscribed
         self.subscribed = False
+        self.up.clear()
         self._poll = None
         self._protocol = None
         self.owner.drop_all()
@@ -333,6 +407,7 @@ class _Subscriber(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.subscribed = False
+        self.owner.up.clear()
         self.owner.owner.drop_all()
         if not self.done.done():
             self.done.set_result(None)

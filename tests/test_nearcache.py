@@ -199,3 +199,35 @@ async def test_an_announcement_not_yet_read_already_keeps_the_near_copy_from_ans
         assert b.hits == hits + 1
     finally:
         protocol.transport.resume_reading()  # type: ignore[attr-defined]
+
+
+async def test_a_write_returns_only_once_every_replica_has_read_its_invalidation(two):
+    a, b = two
+    await a.put("p", "k", entry(b"v1"))
+    assert (await b.get("p", lambda _v: "k")).body == b"v1"
+    answer = b._answer
+
+    async def slow_answer(token: str) -> None:
+        await asyncio.sleep(0.3)  # B is busy: its answer to the barrier comes late
+        await answer(token)
+
+    b._answer = slow_answer  # type: ignore[method-assign]
+    began = time.monotonic()
+    await a.mark_where("up", lambda _u, p: p == "/a")
+    assert 0.3 <= time.monotonic() - began < 0.9  # waited for B's answer, not for the silence limit
+    got = await b.get("p", lambda _v: "k")
+    assert got is not None and got.invalidated
+
+
+async def test_a_replica_that_never_answers_costs_a_write_the_silence_limit_at_most(two):
+    from gateway.nearcache import HEARD_WITHIN
+
+    a, b = two
+
+    async def deaf(token: str) -> None:
+        return None
+
+    b._answer = deaf  # type: ignore[method-assign]
+    began = time.monotonic()
+    await a.mark_where("up", lambda _u, p: p == "/a")
+    assert HEARD_WITHIN - 0.05 <= time.monotonic() - began < HEARD_WITHIN + 0.8
