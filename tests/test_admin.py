@@ -9,7 +9,7 @@ import pytest
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 async def test_probes_health_and_metrics(upstream_factory, gateway_factory):

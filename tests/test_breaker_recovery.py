@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import Upstream, gateway_yaml
+from .support import Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(90)
 

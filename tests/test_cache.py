@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import RunningGateway, Upstream, free_port, gateway_yaml
+from .support import RunningGateway, Upstream, free_port, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 

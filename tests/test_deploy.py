@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import Config, parse_config
 from gateway.errors import ConfigError
 
-from .conftest import ROOT, free_port, gateway_yaml
+from .support import ROOT, free_port, gateway_yaml
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"

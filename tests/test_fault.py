@@ -8,7 +8,7 @@ from gateway.config import Fault
 from gateway.errors import FaultInjected, UpstreamTimeout
 from gateway.fault import FaultInjector
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 def fault(**block) -> Fault:

@@ -21,7 +21,7 @@ import yaml
 
 from gateway.config import _UniqueKeyLoader, parse_config
 
-from .conftest import ROOT
+from .support import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import fault_suite

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import GatewayProcess, RunningGateway, Upstream, gateway_yaml
+from .support import GatewayProcess, RunningGateway, Upstream, gateway_yaml
 
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]

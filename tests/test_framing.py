@@ -24,7 +24,7 @@ import pytest
 from gateway.framing import ChunkLineTooLong, WireFraming
 from gateway.hygiene import lookalike
 
-from .conftest import RunningGateway, Upstream, WireUpstream, gateway_yaml, raw_request
+from .support import RunningGateway, Upstream, WireUpstream, gateway_yaml, raw_request
 
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]

@@ -60,7 +60,7 @@ from gateway.errors import BadRequest
 from gateway.hygiene import HOP_BY_HOP, check_request, lookalike, screen_framing
 from gateway.server import Gateway
 
-from .conftest import ROOT, Seen, Upstream, gateway_yaml
+from .support import ROOT, Seen, Upstream, gateway_yaml
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 NIGHTLY = settings.get_current_profile_name() == "nightly"  # --hypothesis-profile nightly

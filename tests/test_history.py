@@ -19,7 +19,7 @@ from gateway.history import BUCKETS, WIDTH, History, Series
 from gateway.stats import percentile_ms
 from gateway.statuspage import DOCUMENT_TTL, _quota
 
-from .conftest import ROOT, gateway_yaml
+from .support import ROOT, gateway_yaml
 
 
 @dataclass

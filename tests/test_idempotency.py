@@ -23,7 +23,7 @@ from gateway.errors import BadRequest, IdempotencyConflict, UpstreamReset
 from gateway.idempotency import FLIGHT_SLACK, Keeper, MemoryStore, read_key
 from gateway.retry import RetryBudget, RetryPolicy
 
-from .conftest import RedisServer, RunningGateway, Upstream, free_port, gateway_yaml
+from .support import RedisServer, RunningGateway, Upstream, free_port, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 async def test_sigterm_drains_readyz_503_inflight_completes_exit_0(upstream_factory, gateway_process):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import RunningGateway, Upstream, gateway_yaml, raw_request
+from .support import RunningGateway, Upstream, gateway_yaml, raw_request
 
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]

@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 def status_script(status_of):

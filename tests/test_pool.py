@@ -33,8 +33,8 @@ from gateway.logs import JsonFormatter
 from gateway.pool import WarmConnector, margin, plan
 from gateway.server import Gateway
 
-from .conftest import ROOT, gateway_yaml
 from .connkit import ConnectProxy, CountingUpstream
+from .support import ROOT, gateway_yaml
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from .conftest import free_port
+from .support import free_port
 from .test_deploy import ALERTS, busy_gateway, concrete, dashboard_exprs
 
 WAIT = 30.0  # seconds: the longest any poll below waits

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from .conftest import RawUpstream, RunningGateway, Upstream, gateway_yaml, raw_request
+from .support import RawUpstream, RunningGateway, Upstream, gateway_yaml, raw_request
 
 UpstreamFactory = Callable[..., Awaitable[Upstream]]
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]

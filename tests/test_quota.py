@@ -20,7 +20,7 @@ from gateway.config import Quota
 from gateway.errors import QuotaExhausted
 from gateway.quota import PACIFIC, QuotaKeeper, TokenMeter, day_of
 
-from .conftest import RedisServer, Upstream, gateway_yaml
+from .support import RedisServer, Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,7 +20,7 @@ from gateway.config import RateLimit
 from gateway.errors import BadRequest, RateLimited
 from gateway.ratelimit import NO_VALUE, RateLimiter, RequestKey, acquire_all
 
-from .conftest import Upstream, gateway_yaml
+from .support import Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 

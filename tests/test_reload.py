@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .conftest import GatewayProcess, free_port, gateway_yaml
+from .support import GatewayProcess, free_port, gateway_yaml
 
 TOKEN = "reload-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.server import Gateway
 
-from .conftest import RawUpstream, Upstream, free_port, gateway_yaml
+from .support import RawUpstream, Upstream, free_port, gateway_yaml
 
 FAST = "backoff: {base: 10ms, max: 20ms}"
 

@@ -45,7 +45,7 @@ from gateway.admin import build_admin_app
 from gateway.cachestore import FallbackStore, MemoryStore
 from gateway.logs import JsonFormatter, TextFormatter, redact_data, redact_query, redact_text
 
-from .conftest import ROOT, GatewayProcess, RedisServer, Upstream, free_port, gateway_yaml
+from .support import ROOT, GatewayProcess, RedisServer, Upstream, free_port, gateway_yaml
 
 # '!' makes URL-quoting change the text, so the quoted form is a search of its own.
 CANARIES: dict[str, str] = {

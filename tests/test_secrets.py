@@ -8,7 +8,7 @@ import sys
 
 import aiohttp
 
-from .conftest import ROOT, gateway_yaml
+from .support import ROOT, gateway_yaml
 
 CANARIES = {
     "set_header": "CANARY-SETHEADER-4f1d",

@@ -27,7 +27,7 @@ from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
 from gateway.redislink import RedisLink, StoreUnavailable
 
-from .conftest import RedisServer, Upstream, gateway_yaml
+from .support import RedisServer, Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(90)
 

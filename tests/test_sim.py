@@ -34,7 +34,7 @@ from gateway.sim import (
     start_sim,
 )
 
-from .conftest import ROOT
+from .support import ROOT
 
 GRAPH_AUTH = {"Authorization": "Bearer EAAG-test"}
 GEMINI_KEY = {"x-goog-api-key": "test-key"}

@@ -25,7 +25,7 @@ from gateway.outcomes import api_error_code
 from gateway.sim import ROUTES, UPSTREAMS, Scenario, ScenarioError, load_scenario, parse_scenario, start_sim
 from gateway.simgen import DEFAULT_TAIL, DEFAULT_WARMUP, KINDS, LEAD, MAX_OUTAGE, delayed, generate, suite_seed
 
-from .conftest import ROOT
+from .support import ROOT
 
 SUPA = {"apikey": "anon-key", "Authorization": "Bearer u1"}
 GRAPH_AUTH = {"Authorization": "Bearer EAAG-test"}

@@ -16,7 +16,7 @@ import pytest
 from gateway.outcomes import api_error_code, retry_after_seconds
 from gateway.sim import UPSTREAMS, parse_scenario, start_sim
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .conftest import RunningGateway, WireUpstream, gateway_yaml
+from .support import RunningGateway, WireUpstream, gateway_yaml
 
 GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
 

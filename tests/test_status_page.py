@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .conftest import GatewayProcess, Upstream, gateway_yaml
+from .support import GatewayProcess, Upstream, gateway_yaml
 from .test_secret_audit import (
     CANARIES,
     CLIENT_HEADERS,

@@ -14,7 +14,7 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
-from .conftest import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
+from .harness import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
 
 KEY = "anon-key"
 API_ERRORS = [e for e in ERRORS if e != "no_route"]  # no_route: a wrong base URL (measured separately)

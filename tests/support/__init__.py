@@ -1,0 +1,39 @@
+"""Shared test parts, imported by the tests (tests/conftest.py keeps only fixtures and hooks).
+
+- ``upstreams``: real upstream servers on 127.0.0.1 with scripted faults (``Upstream``, ``RawUpstream``,
+  ``WireUpstream``).
+- ``gateway``: the gateway under test (``gateway_yaml``, ``RunningGateway``, ``GatewayProcess``,
+  ``raw_request``, ``free_port``, ``ROOT``).
+- ``redis_server``: a real redis-server (``RedisServer``).
+- ``clock``: the one fake clock (``FakeClock``): monotonic now, advance, an async sleep that records.
+- ``metrics``: sample values from a gateway's registry or a scraped /metrics, the same way.
+
+The names most tests use are re-exported here: ``from .support import Upstream, gateway_yaml``.
+"""
+
+from .clock import FakeClock
+from .gateway import ROOT, GatewayProcess, RunningGateway, free_port, gateway_yaml, raw_request
+from .metrics import parse_metrics, sample, scrape, total
+from .redis_server import RedisServer
+from .upstreams import RawUpstream, Script, Seen, Upstream, WireUpstream, ok_script
+
+__all__ = [
+    "ROOT",
+    "FakeClock",
+    "GatewayProcess",
+    "RawUpstream",
+    "RedisServer",
+    "RunningGateway",
+    "Script",
+    "Seen",
+    "Upstream",
+    "WireUpstream",
+    "free_port",
+    "gateway_yaml",
+    "ok_script",
+    "parse_metrics",
+    "raw_request",
+    "sample",
+    "scrape",
+    "total",
+]

@@ -1,0 +1,178 @@
+"""The gateway under test: its config text, the in-process gateway, the real program as a subprocess.
+
+- ``gateway_yaml``: a config with ephemeral ports and the given upstream blocks.
+- ``RunningGateway``: what the ``gateway_factory`` fixture (tests/conftest.py) returns: the real
+  ``Gateway`` in this process, on ephemeral ports, with a client session and its metrics registry.
+- ``GatewayProcess``: the real program (``python -m gateway run``) as a subprocess: signals, RSS,
+  its log lines, drain; ``running_gateway`` starts one from YAML text and stops it afterwards.
+- ``raw_request``: raw bytes to a port, everything read back.
+- ``ROOT`` (the repository) and ``free_port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from gateway.server import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_yaml(upstreams: dict[str, str], extra: str = "", **ports: int) -> str:
+    """A config with ephemeral ports and the given upstream blocks (YAML text per upstream)."""
+    body = "".join(
+        f"  {name}:\n{textwrap.indent(textwrap.dedent(block).strip(), '    ')}\n" for name, block in upstreams.items()
+    )
+    return (
+        f"listen: {{host: 127.0.0.1, port: {ports.get('port', 0)}}}\n"
+        f"admin: {{listen: {{host: 127.0.0.1, port: {ports.get('admin_port', 0)}}}}}\n"
+        f"log: {{level: info, format: json, access_log: true}}\n"
+        f"drain: {{delay: 0s, timeout: 5s}}\n"
+        f"{textwrap.dedent(extra)}\n"
+        f"upstreams:\n{body}"
+    )
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    session: aiohttp.ClientSession
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.proxy_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.admin_port}"
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The gateway's own Prometheus registry: what its /metrics serves (read it with tests/support/metrics.py)."""
+        return self.gateway.metrics.registry
+
+
+async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return everything read until close or timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                    break
+    except TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return b"".join(chunks)
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return False
+
+
+class GatewayProcess:
+    """The real program in a subprocess; stdout lines are collected as they come."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, nofile: int | None = None) -> None:
+        """``nofile``: run the program with RLIMIT_NOFILE set to it (soft and hard)."""
+        self.lines: list[str] = []
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=limit,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = self.admin_port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_started(self, timeout: float = 15.0) -> GatewayProcess:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines:
+                if '"gateway started"' in line:
+                    data = json.loads(line)
+                    self.port = int(data["proxy"].rsplit(":", 1)[1])
+                    self.admin_port = int(data["admin"].rsplit(":", 1)[1])
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway exited:\n" + "\n".join(self.lines))
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not start:\n" + "\n".join(self.lines))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if "request_id" in data and "status" in data:
+                    out.append(data)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
