@@ -1,6 +1,6 @@
 """The response cache through the real gateway, against real loopback upstreams.
 
-Time inside the cache is a fake clock the test moves (``Clock``), so ttl and stale windows are
+Time inside the cache is a fake clock the test moves (``FakeClock``), so ttl and stale windows are
 exercised without sleeping; upstream slowness is real.
 """
 
@@ -17,22 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .support import RunningGateway, Upstream, free_port, gateway_yaml
+from .support import FakeClock, RunningGateway, Upstream, free_port, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 
 USERS = {"Bearer tok-alice-SECRET": "alice", "Bearer tok-bob-SECRET": "bob"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Script:
@@ -59,12 +48,12 @@ async def start(
     upstream_extra: str = "",
     extra: str = "",
     script: Script | None = None,
-) -> tuple[RunningGateway, Upstream, Script, Clock]:
+) -> tuple[RunningGateway, Upstream, Script, FakeClock]:
     script = script or Script()
     up = await upstream_factory(script)
     block = f"url: {up.url}\nkind: supabase\n{upstream_extra}\nroutes:\n{routes}"
     gw = await gateway_factory(gateway_yaml({"supabase": block}, extra))
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     gw.gateway.state.cache.clock = clock
     return gw, up, script, clock
 

@@ -23,7 +23,7 @@ from gateway.errors import BadRequest, IdempotencyConflict, UpstreamReset
 from gateway.idempotency import FLIGHT_SLACK, Keeper, MemoryStore, read_key
 from gateway.retry import RetryBudget, RetryPolicy
 
-from .support import RedisServer, RunningGateway, Upstream, free_port, gateway_yaml
+from .support import FakeClock, RedisServer, RunningGateway, Upstream, free_port, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -408,17 +408,17 @@ async def test_with_redis_down_the_memory_store_takes_over(redis_pair):
 async def test_a_claim_whose_gateway_stopped_reads_as_an_unknown_outcome():
     """A replica that dies mid-send leaves its claim in flight: once the request's time is up, a
     repeat is told the outcome is unknown; it is never forwarded a second time."""
-    now = [1000.0]
-    store = MemoryStore(100, 1 << 20, 1024, clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    store = MemoryStore(100, 1 << 20, 1024, clock=clock)
     retry = RetryPolicy(Retry(), "graph", RetryBudget(0.2, 3, 10))
-    keeper = Keeper(Idempotency(), "graph", "send_message", store, retry, clock=lambda: now[0])
+    keeper = Keeper(Idempotency(), "graph", "send_message", store, retry, clock=clock)
     results: list[str] = []
     args = ("POST", "/v21.0/1/messages", CIMultiDict({"idempotency-key": "k"}), b"{}", 5.0, results.append)
     claim = await keeper.claim(*args)
     assert claim is not None and claim.replay is None  # ...and its gateway stops: nothing settles it
     with pytest.raises(IdempotencyConflict):
         await keeper.claim(*args)
-    now[0] += 5.0 + FLIGHT_SLACK + 1
+    clock.advance(5.0 + FLIGHT_SLACK + 1)
     again = await keeper.claim(*args)
     assert again is not None and isinstance(again.replay, UpstreamReset)
     assert "stopped before recording its outcome" in again.replay.message

@@ -27,7 +27,7 @@ from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
 from gateway.redislink import RedisLink, StoreUnavailable
 
-from .support import RedisServer, Upstream, gateway_yaml
+from .support import FakeClock, RedisServer, Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -321,18 +321,18 @@ async def test_the_global_bucket_is_one_bucket_for_every_limiter(link):
 
 
 async def test_the_shared_probe_lease_admits_one_replicas_probes(link):
-    clock = [100.0]
+    clock = FakeClock(100.0)
     config = Breaker.model_validate({"failure_threshold": 1, "recovery": "1s", "half_open_requests": 1, "shared": True})
-    now = lambda: clock[0]  # noqa: E731 - monotonic and wall clock move together here
-    breakers = [CircuitBreaker("up", "up", "-", config, clock=now, wall_clock=now) for _ in range(2)]
-    syncs = [BreakerSync(link, lambda b=b: [b], wall_clock=now) for b in breakers]
+    # the monotonic and the wall clock move together here
+    breakers = [CircuitBreaker("up", "up", "-", config, clock=clock, wall_clock=clock.wall) for _ in range(2)]
+    syncs = [BreakerSync(link, lambda b=b: [b], wall_clock=clock.wall) for b in breakers]
     for b, s in zip(breakers, syncs, strict=True):
         b.on_transition = s.noted
     breakers[0].acquire().record(Outcome("response", 503))  # replica 0 trips
     await syncs[0].sync_once()
     await syncs[1].sync_once()
     assert breakers[1].current == "open"  # replica 1 followed
-    clock[0] += 1.5  # recovery over on both
+    clock.advance(1.5)  # recovery over on both
     for s in syncs:
         await s.sync_once()
     gates = [b.probe_gate for b in breakers]
