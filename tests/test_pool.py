@@ -34,7 +34,7 @@ from gateway.pool import WarmConnector, margin, plan
 from gateway.server import Gateway
 
 from .connkit import ConnectProxy, CountingUpstream
-from .support import ROOT, gateway_yaml
+from .support import ROOT, gateway_yaml, sample
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -303,10 +303,8 @@ async def test_preconnect_opens_a_connection_before_the_first_request(gateway_fa
     assert up.accepted == 1 and up.requests == []  # start waited for it; no request was sent to open it
     status, body, _, _ = await _get(gw, "/api/x")
     assert status == 200 and body["conn"] == 1 and up.accepted == 1
-    async with gw.session.get(gw.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    assert 'gateway_upstream_warm_connects_total{result="ok",upstream="api"} 1.0' in metrics
-    assert 'gateway_upstream_connections{state="idle",upstream="api"} 1.0' in metrics
+    assert sample(gw.registry, "gateway_upstream_warm_connects_total", result="ok", upstream="api") == 1.0
+    assert sample(gw.registry, "gateway_upstream_connections", state="idle", upstream="api") == 1.0
 
 
 async def test_no_preconnect_and_no_keep_warm_opens_nothing_until_a_request(gateway_factory, counting):
@@ -395,10 +393,8 @@ async def test_an_upstream_that_closes_idle_connections_sooner_is_reported(gatew
     assert up.requests == [] and (await _get(gw, "/api/x"))[0] == 200
     warnings = [r for r in caplog.records if "closed an idle connection before pool.idle_timeout" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].fields["idle_s"] < 3  # type: ignore[attr-defined]
-    async with gw.session.get(gw.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    line = next(x for x in metrics.splitlines() if x.startswith('gateway_upstream_closed_idle_total{upstream="api"}'))
-    assert float(line.split()[-1]) >= 1
+    closed_idle = sample(gw.registry, "gateway_upstream_closed_idle_total", upstream="api")
+    assert closed_idle is not None and closed_idle >= 1
 
 
 async def test_a_reload_that_keeps_the_pool_keeps_its_connections(counting, tmp_path):

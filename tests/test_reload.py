@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .support import GatewayProcess, free_port, gateway_yaml
+from .support import GatewayProcess, free_port, gateway_yaml, sample, scrape
 
 TOKEN = "reload-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -100,16 +100,6 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def metric(session: aiohttp.ClientSession, gw: GatewayProcess, prefix: str) -> str | None:
-    """The value of the /metrics sample line starting with ``prefix``, or None."""
-    async with session.get(f"{gw.admin}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith(prefix + " "):
-            return line.split()[-1]
-    return None
-
-
 async def test_sighup_applies_a_new_route_timeout_to_new_requests_only(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory(slow)
     gw = gateway_process(gateway_yaml({"api": slow_route(up.url, "300ms")}))
@@ -167,8 +157,9 @@ async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstr
             assert resp.status == 400
             assert resp.headers["x-gateway-error"] == "config_invalid"
             assert (await resp.json())["error"] == {"code": "config_invalid", "message": f"{path}: {where}"}
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="error"}') == "2.0"
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="ok"}') == "0.0"
+        metrics = await scrape(session, gw.admin)
+        assert sample(metrics, "gateway_config_reloads_total", result="error") == 2.0
+        assert sample(metrics, "gateway_config_reloads_total", result="ok") == 0.0
 
         path.write_text(with_token(gateway_yaml({"api": slow_route(up.url, "300ms")})))
         async with session.post(f"{gw.admin}/admin/reload", headers=AUTH) as resp:
@@ -181,7 +172,7 @@ async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstr
                 "restart_required": [],
             }
         assert await get(session, f"{gw.url}/api/slow/600") == (504, "upstream_timeout")
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="ok"}') == "1.0"
+        assert sample(await scrape(session, gw.admin), "gateway_config_reloads_total", result="ok") == 1.0
         assert (await wait_event(gw, "config reloaded", 1))["source"] == "admin"
 
 
@@ -234,8 +225,9 @@ async def test_breaker_state_survives_a_reload_unless_the_url_changed(upstream_f
         assert await get(session, f"{gw.url}/flaky/x") == (503, "breaker_open")
         assert ok.count == seen  # the forced-open breaker let nothing through
         assert await get(session, f"{gw.url}/moved/x") == (200, None)
-        for name, value in (("api", "2.0"), ("flaky", "2.0"), ("moved", "0.0")):
-            assert await metric(session, gw, f'gateway_breaker_state{{route="-",upstream="{name}"}}') == value
+        metrics = await scrape(session, gw.admin)
+        for name, value in (("api", 2.0), ("flaky", 2.0), ("moved", 0.0)):
+            assert sample(metrics, "gateway_breaker_state", route="-", upstream=name) == value
 
 
 async def test_admin_reload_reports_added_removed_and_restart_required(upstream_factory, gateway_process, tmp_path):
@@ -286,6 +278,6 @@ async def test_watch_reloads_when_the_file_changes(upstream_factory, gateway_pro
         failed = await wait_event(gw, FAILED, 1, timeout=5)
         assert failed["source"] == "watch" and "invalid YAML" in failed["error"]
         assert await get(session, f"{gw.url}/second/x") == (200, None)
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="error"}') == "1.0"
+        assert sample(await scrape(session, gw.admin), "gateway_config_reloads_total", result="error") == 1.0
         await asyncio.sleep(1.5)  # longer than the watch interval: no second attempt at the same file
         assert len(events(gw, FAILED)) == 1

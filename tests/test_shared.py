@@ -27,7 +27,7 @@ from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
 from gateway.redislink import RedisLink, StoreUnavailable
 
-from .support import FakeClock, RedisServer, Upstream, gateway_yaml
+from .support import FakeClock, RedisServer, Upstream, gateway_yaml, sample, scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -156,12 +156,8 @@ async def test_redis_killed_then_restarted_mid_run(pair):
         assert status == 200 and headers["x-gateway-cache"] in ("MISS", "HIT")
     statuses = [(await call(session, b.url, "/supabase/limited"))[0] for _ in range(15)]
     assert statuses.count(200) == 10 and statuses.count(429) == 5  # B's local bucket: burst 10
-    async with session.get(a.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    errors = [
-        line for line in metrics.splitlines() if line.startswith('gateway_store_errors_total{op="get",store="redis"}')
-    ]
-    assert errors and float(errors[0].split()[-1]) >= 1
+    errors = sample(await scrape(session, a.admin), "gateway_store_errors_total", op="get", store="redis")
+    assert errors is not None and errors >= 1
     assert any("redis unavailable" in line for line in a.lines)
     async with session.get(a.admin + "/health") as resp:
         health = await resp.json()
