@@ -184,9 +184,7 @@ async def test_fault_abort_and_delay(upstream_factory, gateway_factory):
 
 async def test_admin_breaker_reset_and_open_need_the_token(upstream_factory, gateway_factory):
     up = await upstream_factory()
-    text = gateway_yaml({"api": f"url: {up.url}\n{BREAKER}"}).replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}", "admin: {listen: {host: 127.0.0.1, port: 0}, token: tok}"
-    )
+    text = gateway_yaml({"api": f"url: {up.url}\n{BREAKER}"}, admin_token="tok")
     gw = await gateway_factory(text)
     auth = {"Authorization": "Bearer tok"}
     async with gw.session.post(f"{gw.admin}/admin/breakers/api/open") as resp:

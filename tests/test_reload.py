@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .support import GatewayProcess, free_port, gateway_yaml, sample, scrape
+from .support import TOKEN_FROM_ENV, GatewayProcess, free_port, gateway_yaml, sample, scrape
 
 TOKEN = "reload-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,14 +39,6 @@ async def slow(request: web.BaseRequest, up: Any) -> web.StreamResponse:
 
 async def down(request: web.BaseRequest, up: Any) -> web.StreamResponse:
     return web.Response(status=503, text="down")
-
-
-def with_token(text: str) -> str:
-    """Require the admin token (from $GATEWAY_ADMIN_TOKEN) for admin POSTs."""
-    admin = r'admin: {listen: {host: 127.0.0.1, port: \1}, token: "${GATEWAY_ADMIN_TOKEN}"}'
-    out, n = re.subn(r"admin: \{listen: \{host: 127\.0\.0\.1, port: (\d+)\}\}", admin, text)
-    assert n == 1
-    return out
 
 
 def slow_route(url: str, per_try: str) -> str:
@@ -133,11 +124,12 @@ async def test_sighup_applies_a_new_route_timeout_to_new_requests_only(upstream_
 async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory(slow)
     env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
-    gw = gateway_process(with_token(gateway_yaml({"api": slow_route(up.url, "2s")})), env)
+    gw = gateway_process(gateway_yaml({"api": slow_route(up.url, "2s")}, admin_token=TOKEN_FROM_ENV), env)
     path = tmp_path / "gateway-0.yaml"
     where = "upstreams.api.routes[0].timeouts.per_try: expected a duration like '10s', got 'ten'"
     async with aiohttp.ClientSession() as session:
-        path.write_text(with_token(gateway_yaml({"api": slow_route(up.url, "ten")})))  # valid YAML, invalid value
+        invalid = gateway_yaml({"api": slow_route(up.url, "ten")}, admin_token=TOKEN_FROM_ENV)  # valid YAML
+        path.write_text(invalid)
         gw.signal(signal.SIGHUP)
         failed = await wait_event(gw, FAILED, 1)
         assert failed["level"] == "error" and failed["source"] == "SIGHUP"
@@ -161,7 +153,7 @@ async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstr
         assert sample(metrics, "gateway_config_reloads_total", result="error") == 2.0
         assert sample(metrics, "gateway_config_reloads_total", result="ok") == 0.0
 
-        path.write_text(with_token(gateway_yaml({"api": slow_route(up.url, "300ms")})))
+        path.write_text(gateway_yaml({"api": slow_route(up.url, "300ms")}, admin_token=TOKEN_FROM_ENV))
         async with session.post(f"{gw.admin}/admin/reload", headers=AUTH) as resp:
             assert resp.status == 200
             assert await resp.json() == {
@@ -182,14 +174,13 @@ async def test_breaker_state_survives_a_reload_unless_the_url_changed(upstream_f
     breaker = "breaker: {failure_threshold: 2, recovery: 1m}\nretry: {attempts: 1}"
 
     def config(api_per_try: str, flaky_per_try: str, moved_url: str) -> str:
-        return with_token(
-            gateway_yaml(
-                {
-                    "api": f"url: {ok.url}\ntimeouts: {{per_try: {api_per_try}}}",
-                    "flaky": f"url: {failing.url}\ntimeouts: {{per_try: {flaky_per_try}}}\n{breaker}",
-                    "moved": f"url: {moved_url}\n{breaker}",
-                }
-            )
+        return gateway_yaml(
+            {
+                "api": f"url: {ok.url}\ntimeouts: {{per_try: {api_per_try}}}",
+                "flaky": f"url: {failing.url}\ntimeouts: {{per_try: {flaky_per_try}}}\n{breaker}",
+                "moved": f"url: {moved_url}\n{breaker}",
+            },
+            admin_token=TOKEN_FROM_ENV,
         )
 
     gw = gateway_process(config("3s", "3s", failing.url), {"GATEWAY_ADMIN_TOKEN": TOKEN})
@@ -233,15 +224,13 @@ async def test_breaker_state_survives_a_reload_unless_the_url_changed(upstream_f
 async def test_admin_reload_reports_added_removed_and_restart_required(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory()
     gw = gateway_process(
-        with_token(gateway_yaml({"api": f"url: {up.url}", "old": f"url: {up.url}"})), {"GATEWAY_ADMIN_TOKEN": TOKEN}
+        gateway_yaml({"api": f"url: {up.url}", "old": f"url: {up.url}"}, admin_token=TOKEN_FROM_ENV),
+        {"GATEWAY_ADMIN_TOKEN": TOKEN},
     )
     path = tmp_path / "gateway-0.yaml"
     new_port, new_admin = free_port(), free_port()
-    path.write_text(
-        with_token(
-            gateway_yaml({"api": f"url: {up.url}", "new": f"url: {up.url}"}, port=new_port, admin_port=new_admin)
-        )
-    )
+    new = {"api": f"url: {up.url}", "new": f"url: {up.url}"}
+    path.write_text(gateway_yaml(new, admin_token=TOKEN_FROM_ENV, port=new_port, admin_port=new_admin))
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{gw.admin}/admin/reload", headers=AUTH) as resp:
             assert resp.status == 200

@@ -45,7 +45,7 @@ from gateway.admin import build_admin_app
 from gateway.cachestore import FallbackStore, MemoryStore
 from gateway.logs import JsonFormatter, TextFormatter, redact_data, redact_query, redact_text
 
-from .support import ROOT, GatewayProcess, RedisServer, Upstream, free_port, gateway_yaml
+from .support import ROOT, TOKEN_FROM_ENV, GatewayProcess, RedisServer, Upstream, free_port, gateway_yaml
 
 # '!' makes URL-quoting change the text, so the quoted form is a search of its own.
 CANARIES: dict[str, str] = {
@@ -390,11 +390,7 @@ def audit_yaml(ups: dict[str, Upstream], cache_store: str = "", shared: bool = F
             breaker: {{failure_threshold: 2, recovery: 1m}}
             """,
     }
-    text = gateway_yaml(blocks, "server: {header_timeout: 300ms}\n" + cache_store)
-    text = text.replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}",
-        "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
-    )
+    text = gateway_yaml(blocks, "server: {header_timeout: 300ms}\n" + cache_store, admin_token=TOKEN_FROM_ENV)
     assert "token: '${GATEWAY_ADMIN_TOKEN}'" in text
     return text.replace("log: {level: info,", f"log: {{level: debug, redact_query: {REDACT_QUERY},")
 
@@ -767,10 +763,7 @@ async def test_url_credentials_and_config_errors_never_show(upstream_factory, ga
             """,
         "bare": f'url: "http://{host}"',
     }
-    text = gateway_yaml(blocks, store).replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}",
-        "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
-    )
+    text = gateway_yaml(blocks, store, admin_token=TOKEN_FROM_ENV)
     gw = gateway_process(text, env)
     config_path = tmp_path / "gateway-0.yaml"
     seen = Observed()
@@ -849,10 +842,7 @@ async def test_admin_token_is_compared_in_constant_time(upstream_factory, gatewa
     comparison goes through hmac.compare_digest (no timing measured)."""
     up = await upstream_factory()
     token = CANARIES["admin_token"]
-    text = gateway_yaml({"api": f"url: {up.url}"}).replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}",
-        "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
-    )
+    text = gateway_yaml({"api": f"url: {up.url}"}, admin_token=TOKEN_FROM_ENV)
     gw = await gateway_factory(text, {"GATEWAY_ADMIN_TOKEN": token})
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest

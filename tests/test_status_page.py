@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .support import GatewayProcess, Upstream, gateway_yaml
+from .support import TOKEN_FROM_ENV, GatewayProcess, Upstream, gateway_yaml
 from .test_secret_audit import (
     CANARIES,
     CLIENT_HEADERS,
@@ -187,10 +187,8 @@ async def incident(tmp_path: Path) -> AsyncIterator[tuple[GatewayProcess, Switch
                     match: {{methods: [GET], path: "/items/{{id}}"}}
             """,
             "calm": f"url: {healthy.url}",
-        }
-    ).replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}",
-        "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
+        },
+        admin_token=TOKEN_FROM_ENV,
     )
     path = tmp_path / "gateway.yaml"
     path.write_text(text)

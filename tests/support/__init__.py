@@ -12,13 +12,14 @@ The names most tests use are re-exported here: ``from .support import Upstream, 
 """
 
 from .clock import FakeClock
-from .gateway import ROOT, GatewayProcess, RunningGateway, free_port, gateway_yaml, raw_request
+from .gateway import ROOT, TOKEN_FROM_ENV, GatewayProcess, RunningGateway, free_port, gateway_yaml, raw_request
 from .metrics import parse_metrics, sample, scrape, total
 from .redis_server import RedisServer
 from .upstreams import RawUpstream, Script, Seen, Upstream, WireUpstream, ok_script
 
 __all__ = [
     "ROOT",
+    "TOKEN_FROM_ENV",
     "FakeClock",
     "GatewayProcess",
     "RawUpstream",

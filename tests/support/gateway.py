@@ -42,14 +42,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_yaml(upstreams: dict[str, str], extra: str = "", **ports: int) -> str:
-    """A config with ephemeral ports and the given upstream blocks (YAML text per upstream)."""
+# ``gateway_yaml(..., admin_token=TOKEN_FROM_ENV)``: admin POSTs need the token in $GATEWAY_ADMIN_TOKEN.
+TOKEN_FROM_ENV = "'${GATEWAY_ADMIN_TOKEN}'"
+
+
+def gateway_yaml(upstreams: dict[str, str], extra: str = "", admin_token: str | None = None, **ports: int) -> str:
+    """A config with ephemeral ports (or ``port``, ``admin_port``) and the given upstream blocks (YAML
+    text per upstream); ``admin_token``: the admin's ``token`` as YAML text (a literal, or ``TOKEN_FROM_ENV``)."""
     body = "".join(
         f"  {name}:\n{textwrap.indent(textwrap.dedent(block).strip(), '    ')}\n" for name, block in upstreams.items()
     )
+    token = "" if admin_token is None else f", token: {admin_token}"
     return (
         f"listen: {{host: 127.0.0.1, port: {ports.get('port', 0)}}}\n"
-        f"admin: {{listen: {{host: 127.0.0.1, port: {ports.get('admin_port', 0)}}}}}\n"
+        f"admin: {{listen: {{host: 127.0.0.1, port: {ports.get('admin_port', 0)}}}{token}}}\n"
         f"log: {{level: info, format: json, access_log: true}}\n"
         f"drain: {{delay: 0s, timeout: 5s}}\n"
         f"{textwrap.dedent(extra)}\n"

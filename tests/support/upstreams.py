@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..connkit import Listener
+
 Script = Callable[[web.BaseRequest, "Upstream"], Awaitable[web.StreamResponse]]
 
 
@@ -71,7 +73,7 @@ class Upstream:
             await self._runner.cleanup()
 
 
-class RawUpstream:
+class RawUpstream(Listener):
     """A TCP server that reads a request head and answers with ``reply`` bytes (or nothing)."""
 
     def __init__(self, reply: bytes | None, close_after: bool = True, hold: float = 0.0) -> None:
@@ -80,8 +82,6 @@ class RawUpstream:
         self.hold = hold
         self.connections = 0
         self.received: list[bytes] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -98,19 +98,6 @@ class RawUpstream:
         finally:
             if self.close_after:
                 writer.close()
-
-    async def start(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
 
 @dataclass
@@ -134,15 +121,13 @@ class WireConnection:
     leftover: bytes = b""  # bytes received that never became part of a complete request
 
 
-class WireUpstream:
+class WireUpstream(Listener):
     """A keep-alive HTTP/1.1 server that records every byte it receives, per connection, and reads
     them with h11 (strict, RFC 9112): each complete request is answered 200 with a JSON echo of
     its method, target and body length; bytes h11 cannot read end the connection, recorded."""
 
     def __init__(self) -> None:
         self.connections: list[WireConnection] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import h11
@@ -188,19 +173,6 @@ class WireUpstream:
             record.leftover = conn.trailing_data[0]
             writer.close()
 
-    async def start(self) -> WireUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     @property
     def requests(self) -> list[WireRequest]:
         return [r for c in self.connections for r in c.requests]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
