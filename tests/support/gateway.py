@@ -5,7 +5,10 @@
   ``Gateway`` in this process, on ephemeral ports, with a client session and its metrics registry.
 - ``GatewayProcess``: the real program (``python -m gateway run``) as a subprocess: signals, RSS,
   its log lines, drain; ``running_gateway`` starts one from YAML text and stops it afterwards.
-- ``raw_request``: raw bytes to a port, everything read back.
+- ``gateway_with_upstream``: the usual pair for one test, an ``api`` upstream and a gateway in front.
+- ``raw_request``: raw bytes to a port, everything read back; ``read_answer`` one answer off a
+  kept-alive connection, ``status_of`` a raw answer's status, ``peer_closed`` whether the other
+  side closed.
 - ``ROOT`` (the repository) and ``free_port``.
 """
 
@@ -23,6 +26,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from gateway.server import Gateway
+
+from .upstreams import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -83,6 +89,20 @@ class RunningGateway:
         return self.gateway.metrics.registry
 
 
+UpstreamFactory = Callable[..., Awaitable[Upstream]]  # the upstream_factory fixture
+GatewayFactory = Callable[[str], Awaitable[RunningGateway]]  # the gateway_factory fixture
+
+
+async def gateway_with_upstream(
+    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory, block: str = "", extra: str = ""
+) -> tuple[RunningGateway, Upstream]:
+    """An in-process gateway whose one upstream ``api`` (``block``: more of its YAML) is a fresh ``Upstream``
+    answering 200 ``ok``; ``extra``: top-level YAML."""
+    up = await upstream_factory()
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\n{block}"}, extra=extra))
+    return gw, up
+
+
 async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send raw bytes to 127.0.0.1:port and return everything read until close or timeout."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -103,6 +123,35 @@ async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     finally:
         writer.close()
     return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP/1.1 answer."""
+    return int(answer.split(b"\r\n", 1)[0].split(b" ")[1])
+
+
+async def read_answer(reader: asyncio.StreamReader, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One answer with a Content-Length body, read off a kept-alive connection: status, headers
+    (lower-case names), body."""
+    async with asyncio.timeout(timeout):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+async def peer_closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    """Whether the peer closes the connection within ``timeout`` (what it sends first is read and dropped)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
 
 
 def _complete(data: bytes) -> bool:
