@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(90)
 OUTAGE = 6.0
 
 
+@pytest.mark.slow
 async def test_on_contract_defaults_refusals_stop_within_3s_of_an_upstream_recovery(
     upstream_factory: Callable[..., Awaitable[Upstream]], gateway_process: Any
 ) -> None:

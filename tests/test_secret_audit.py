@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from gateway import admin as admin_module
@@ -739,6 +740,7 @@ async def test_memory_store_holds_no_canary(upstream_factory, gateway_factory) -
     finish(seen, "memory store contents", CANARIES)
 
 
+@pytest.mark.slow
 async def test_url_credentials_and_config_errors_never_show(upstream_factory, gateway_process, tmp_path) -> None:
     """A secret inside a URL (a Redis password as a query parameter) and secrets a broken file spells
     out (a numeric token, a store URL where a mapping belongs, credentials in upstream URLs, which

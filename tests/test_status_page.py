@@ -208,6 +208,7 @@ async def get(s: aiohttp.ClientSession, url: str, **headers: str) -> aiohttp.Cli
         return resp
 
 
+@pytest.mark.slow
 async def test_an_incident_as_the_page_shows_it(browser: Browser, incident: tuple[GatewayProcess, Switch]) -> None:
     gw, switch = incident
     page, rec = await open_page(browser, gw.admin, viewport={"width": 1366, "height": 900})

@@ -78,6 +78,7 @@ def test_storage_upload_download_list(stack):
     assert (info.value.status, info.value.code) == ("409", "Duplicate")
 
 
+@pytest.mark.slow
 def test_a_client_timeout_above_total_gets_the_gateways_answer(stack, errors):
     """supabase-auth's own client gives up after 5 s; with the README's, the gateway's 504 arrives."""
     with stack.scenario(
