@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from .support import free_port
-from .test_deploy import ALERTS, busy_gateway, concrete, dashboard_exprs
+from .support.monitoring import ALERTS, busy_gateway, concrete, dashboard_exprs
 
 WAIT = 30.0  # seconds: the longest any poll below waits
 

@@ -34,7 +34,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from .support import TOKEN_FROM_ENV, GatewayProcess, Upstream, gateway_yaml
-from .test_secret_audit import (
+from .support.secret_audit import (
     CANARIES,
     CLIENT_HEADERS,
     ENV,
