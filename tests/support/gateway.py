@@ -4,7 +4,7 @@
 - ``RunningGateway``: what the ``gateway_factory`` fixture (tests/conftest.py) returns: the real
   ``Gateway`` in this process, on ephemeral ports, with a client session and its metrics registry.
 - ``GatewayProcess``: the real program (``python -m gateway run``) as a subprocess: signals, RSS,
-  its log lines, drain; ``running_gateway`` starts one from YAML text and stops it afterwards.
+  its log lines, drain; the ``gateway_process`` fixture starts one from YAML text and kills it afterwards.
 - ``gateway_with_upstream``: the usual pair for one test, an ``api`` upstream and a gateway in front.
 - ``raw_request``: raw bytes to a port, everything read back; ``read_answer`` one answer off a
   kept-alive connection, ``status_of`` a raw answer's status, ``peer_closed`` whether the other
@@ -71,6 +71,8 @@ def gateway_yaml(upstreams: dict[str, str], extra: str = "", admin_token: str | 
 
 @dataclass
 class RunningGateway:
+    """An in-process gateway (``gateway_factory``): its addresses, a client session, its metrics registry."""
+
     gateway: Gateway
     session: aiohttp.ClientSession
     extra: dict[str, Any] = field(default_factory=dict)
