@@ -35,7 +35,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
 from gateway import admin as admin_module
 from gateway.cachestore import FallbackStore, MemoryStore
@@ -227,7 +226,6 @@ async def test_memory_store_holds_no_canary(upstream_factory, gateway_factory) -
     finish(seen, "memory store contents", CANARIES)
 
 
-@pytest.mark.slow
 async def test_url_credentials_and_config_errors_never_show(upstream_factory, gateway_process, tmp_path) -> None:
     """A secret inside a URL (a Redis password as a query parameter) and secrets a broken file spells
     out (a numeric token, a store URL where a mapping belongs, credentials in upstream URLs, which
