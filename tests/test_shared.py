@@ -27,7 +27,7 @@ from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
 from gateway.redislink import RedisLink, StoreUnavailable
 
-from .support import FakeClock, RedisServer, Upstream, gateway_yaml, sample, scrape
+from .support import FakeClock, RedisServer, Upstream, eventually, gateway_yaml, sample, scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,15 +88,6 @@ async def call(session: aiohttp.ClientSession, base: str, path: str, method: str
         return resp.status, await resp.text(), resp.headers
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 # ---------------------------------------------------------------- two processes, one Redis
 
 
@@ -139,7 +130,7 @@ async def test_failures_through_one_replica_open_the_others_breaker(pair):
         return states["flaky"] == "open"
 
     began = time.monotonic()
-    await wait_for(b_is_open, 1.0, "B's breaker opened after A's")
+    await eventually(b_is_open, 1.0, "B's breaker opened after A's", interval=0.05)
     assert time.monotonic() - began < 1.0
     status, body, headers = await call(session, b.url, "/flaky/x")
     assert (status, json.loads(body)["error"]["code"]) == (503, "breaker_open")
@@ -170,7 +161,7 @@ async def test_redis_killed_then_restarted_mid_run(pair):
         await call(session, a.url, path)
         return (await call(session, b.url, path))[2]["x-gateway-cache"] == "HIT"
 
-    await wait_for(shared_again, 10.0, "a miss through A is a hit through B again")
+    await eventually(shared_again, 10.0, "a miss through A is a hit through B again", interval=0.05)
     assert any("redis is reachable again" in line for line in a.lines)
 
 

@@ -25,7 +25,7 @@ from gateway.outcomes import api_error_code
 from gateway.sim import ROUTES, UPSTREAMS, Scenario, ScenarioError, load_scenario, parse_scenario, start_sim
 from gateway.simgen import DEFAULT_TAIL, DEFAULT_WARMUP, KINDS, LEAD, MAX_OUTAGE, delayed, generate, suite_seed
 
-from .support import ROOT, FakeClock
+from .support import ROOT, FakeClock, eventually
 
 SUPA = {"apikey": "anon-key", "Authorization": "Bearer u1"}
 GRAPH_AUTH = {"Authorization": "Bearer EAAG-test"}
@@ -181,13 +181,6 @@ async def _get(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple
         return resp.status, resp.headers, await resp.read()
 
 
-async def _until(check, timeout: float = 2.0) -> None:
-    end = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < end, "the sim did not change its listener in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_refused_window_closes_the_listener_then_reopens_it(session):
     clock = FakeClock(0.0)
     sim = await start_sim(
@@ -211,7 +204,7 @@ async def test_refused_window_closes_the_listener_then_reopens_it(session):
                     return False
                 return False
 
-            await _until(refused)
+            await eventually(refused, 2.0, "the sim did not change its listener in time")
             with pytest.raises(aiohttp.ClientConnectionError):  # the kept connection was dropped with the listener
                 await _get(kept, url, headers=SUPA)
         assert (await _get(session, sim.url("graph") + "/v21.0/5", headers=GRAPH_AUTH))[0] == 200  # others stay up
@@ -223,7 +216,7 @@ async def test_refused_window_closes_the_listener_then_reopens_it(session):
             except aiohttp.ClientConnectionError:
                 return False
 
-        await _until(back)
+        await eventually(back, 2.0, "the sim did not change its listener in time")
         _, _, body = await _get(session, sim.url("graph") + "/_sim/stats")
         windows_seen = json.loads(body)["outages"]
         assert windows_seen == [
@@ -256,7 +249,7 @@ async def test_restarting_the_clock_reopens_a_refused_listener_at_once(session):
                 return True
             return False
 
-        await _until(refused)
+        await eventually(refused, 2.0, "the sim did not change its listener in time")
         async with session.post(sim.url("gemini") + "/_sim/reset?restart=1") as resp:
             assert resp.status == 200  # the control paths answer on every listener still open
         assert (await _get(session, url, headers=GRAPH_AUTH))[0] == 200  # reopened before the answer, no tick

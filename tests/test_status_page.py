@@ -33,7 +33,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .support import TOKEN_FROM_ENV, GatewayProcess, Upstream, gateway_yaml
+from .support import TOKEN_FROM_ENV, GatewayProcess, Upstream, gateway_yaml, waiting
 from .support.secret_audit import (
     CANARIES,
     CLIENT_HEADERS,
@@ -124,14 +124,7 @@ async def open_page(browser: Browser, admin: str, **context_args: Any) -> tuple[
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "") -> Any:
     """Poll ``check`` until it returns something truthy (the page refreshes every 2 s)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.2)
+    return await waiting.eventually(check, timeout, what, interval=0.2)
 
 
 def field_of(page: Page, upstream: str, name: str, route: str | None = None) -> Any:

@@ -7,6 +7,7 @@
   ``read_answer``, ``status_of``, ``peer_closed``), ``free_port``, ``ROOT``.
 - ``redis_server``: a real redis-server (``RedisServer``).
 - ``clock``: the one fake clock (``FakeClock``): monotonic now, advance, an async sleep that records.
+- ``waiting``: ``eventually``, polling a condition until it holds or a timeout.
 - ``metrics``: sample values from a gateway's registry or a scraped /metrics, the same way.
 
 The names most tests use are re-exported here: ``from .support import Upstream, gateway_yaml``.
@@ -31,6 +32,7 @@ from .gateway import (
 from .metrics import parse_metrics, sample, scrape, total
 from .redis_server import RedisServer
 from .upstreams import RawUpstream, Script, Seen, Upstream, WireUpstream, ok_script
+from .waiting import eventually
 
 __all__ = [
     "ROOT",
@@ -46,6 +48,7 @@ __all__ = [
     "Upstream",
     "UpstreamFactory",
     "WireUpstream",
+    "eventually",
     "free_port",
     "gateway_with_upstream",
     "gateway_yaml",
