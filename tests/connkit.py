@@ -12,6 +12,9 @@
   requests), counting them and recording ``Proxy-Authorization``; or refuses every one with 407.
 - ``DelayRelay``: a TCP relay adding a one-way delay in each direction and one round trip at
   connect, for a network delay where the kernel has no netem.
+- ``Listener``: start/url/close for a raw asyncio TCP server on 127.0.0.1 (these, and the raw
+  upstreams of tests/support/upstreams.py; this module stays free of the gateway's imports, as
+  the processes below start from it).
 - ``python -m tests.connkit upstream|client …``: the same upstream, and a client that times
   requests through a gateway on a schedule, as processes (run inside network namespaces).
 """
@@ -26,7 +29,31 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
+
+
+class Listener:
+    """A raw asyncio TCP server on 127.0.0.1: ``start`` listens on an ephemeral port and serves each
+    connection with ``_serve``; ``close`` stops listening (connections already open go on)."""
+
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 @dataclass
@@ -140,7 +167,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @dataclass
-class ConnectProxy:
+class ConnectProxy(Listener):
     refuse: bool = False
     tunnels: int = 0
     forwarded: int = 0
@@ -148,19 +175,6 @@ class ConnectProxy:
     auth: list[str | None] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> ConnectProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -197,7 +211,7 @@ class ConnectProxy:
 
 
 @dataclass
-class DelayRelay:
+class DelayRelay(Listener):
     """127.0.0.1:port → target, each direction delayed by ``one_way``, and one round trip at connect."""
 
     target_host: str
@@ -205,15 +219,6 @@ class DelayRelay:
     one_way: float = 0.05
     port: int = 0
     _server: asyncio.Server | None = None
-
-    async def start(self) -> DelayRelay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(2 * self.one_way)  # SYN, SYN-ACK: the kernel here answered at once

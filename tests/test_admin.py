@@ -9,7 +9,7 @@ import pytest
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 async def test_probes_health_and_metrics(upstream_factory, gateway_factory):
@@ -44,11 +44,7 @@ async def test_probes_health_and_metrics(upstream_factory, gateway_factory):
 
 async def test_admin_posts_need_the_token_when_set(upstream_factory, gateway_factory, tmp_path):
     up = await upstream_factory()
-    gw = await gateway_factory(
-        gateway_yaml({"api": f"url: {up.url}"}).replace(
-            "admin: {listen: {host: 127.0.0.1, port: 0}}", "admin: {listen: {host: 127.0.0.1, port: 0}, token: s3cret}"
-        )
-    )
+    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}"}, admin_token="s3cret"))
     async with gw.session.post(f"{gw.admin}/admin/reload") as resp:
         assert resp.status == 401
         assert (await resp.json())["error"]["code"] == "unauthorized"

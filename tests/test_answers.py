@@ -38,7 +38,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 
-from .conftest import free_port, gateway_yaml
+from .support import free_port, gateway_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,6 +22,8 @@ from gateway.config import BreakerSpec
 from gateway.errors import BreakerOpen
 from gateway.outcomes import Outcome
 
+from .support import FakeClock
+
 OK = Outcome("response", 200)
 E503 = Outcome("response", 503)
 E429 = Outcome("response", 429)
@@ -31,20 +33,9 @@ CONNECT = Outcome("connect-failure")
 WALL_EPOCH = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def make(rng=lambda: 0.5, **overrides) -> tuple[CircuitBreaker, FakeClock, list[tuple[str, str]]]:
     """A breaker on a fake clock; ``rng`` 0.5 draws no jitter (each open period is exactly ``recovery``)."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0, wall_start=WALL_EPOCH)
     transitions: list[tuple[str, str]] = []
 
     def on_transition(breaker: CircuitBreaker, before: str, after: str) -> None:
@@ -60,7 +51,7 @@ def make(rng=lambda: 0.5, **overrides) -> tuple[CircuitBreaker, FakeClock, list[
         config,
         clock=clock,
         on_transition=on_transition,
-        wall_clock=lambda: WALL_EPOCH + clock.now - 1000.0,
+        wall_clock=clock.wall,
         rng=rng,
     )
     return breaker, clock, transitions

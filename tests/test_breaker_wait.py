@@ -14,8 +14,8 @@ from aiohttp import web
 from gateway.breaker import CLOSED, HALF_OPEN, WAIT_POLL, CircuitBreaker, admit
 from gateway.errors import BreakerOpen
 
-from .conftest import Upstream, gateway_yaml
-from .test_breaker import E503, OK, FakeClock, make, trip
+from .support import FakeClock, Upstream, gateway_yaml
+from .test_breaker import E503, OK, make, trip
 
 
 def sleeper(

@@ -281,6 +281,7 @@ def test_at_least_ten_broken_files_go_through_the_real_program():
     assert sum(case.subprocess for case in BROKEN) >= 10
 
 
+@pytest.mark.slow  # the module's `program` fixture runs all eleven at once: about 16 s
 @pytest.mark.parametrize("case", [c for c in BROKEN if c.subprocess], ids=lambda c: c.name)
 def test_broken_file_through_the_program(case, program, workdir):
     result = program[case.name]

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import RawUpstream, free_port, gateway_yaml
+from .support import RawUpstream, free_port, gateway_yaml
 
 
 def config(

@@ -8,7 +8,7 @@ from gateway.config import FaultSpec
 from gateway.errors import FaultInjected, UpstreamTimeout
 from gateway.fault import FaultInjector
 
-from .conftest import gateway_yaml
+from .support import FakeClock, gateway_yaml
 
 
 def fault(**block) -> FaultSpec:
@@ -25,19 +25,11 @@ class Draws:
         return self.values.pop(0)
 
 
-class Sleeps:
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.seconds.append(seconds)
-
-
 async def test_no_faults_configured():
-    sleep = Sleeps()
-    injector = FaultInjector(fault(), rand=Draws(), sleep=sleep)
+    clock = FakeClock()
+    injector = FaultInjector(fault(), rand=Draws(), sleep=clock.sleep)
     await injector.apply("graph")  # draws nothing: Draws() would raise
-    assert sleep.seconds == []
+    assert clock.slept == []
 
 
 async def test_abort_fires_below_percent():
@@ -64,33 +56,33 @@ async def test_abort_default_status_is_503():
 
 
 async def test_delay_sleeps_the_duration():
-    sleep = Sleeps()
-    injector = FaultInjector(fault(delay={"percent": 10, "duration": "2s"}), rand=Draws(0.05, 0.5), sleep=sleep)
+    clock = FakeClock()
+    injector = FaultInjector(fault(delay={"percent": 10, "duration": "2s"}), rand=Draws(0.05, 0.5), sleep=clock.sleep)
     await injector.apply("graph")
     await injector.apply("graph")
-    assert sleep.seconds == [2.0]
+    assert clock.slept == [2.0]
 
 
 async def test_delay_then_abort_drawn_independently():
-    sleep = Sleeps()
+    clock = FakeClock()
     block = fault(abort={"percent": 50, "status": 500}, delay={"percent": 50, "duration": "250ms"})
-    injector = FaultInjector(block, rand=Draws(0.1, 0.1, 0.9, 0.1, 0.1, 0.9), sleep=sleep)
+    injector = FaultInjector(block, rand=Draws(0.1, 0.1, 0.9, 0.1, 0.1, 0.9), sleep=clock.sleep)
     with pytest.raises(FaultInjected):
         await injector.apply("graph")  # delayed and aborted
     with pytest.raises(FaultInjected):
         await injector.apply("graph")  # aborted only
     await injector.apply("graph")  # delayed only
-    assert sleep.seconds == [0.25, 0.25]
+    assert clock.slept == [0.25, 0.25]
 
 
 async def test_zero_percent_never_fires():
-    sleep = Sleeps()
+    clock = FakeClock()
     injector = FaultInjector(
-        fault(abort={"percent": 0}, delay={"percent": 0, "duration": "1s"}), rand=Draws(*[0.0] * 20), sleep=sleep
+        fault(abort={"percent": 0}, delay={"percent": 0, "duration": "1s"}), rand=Draws(*[0.0] * 20), sleep=clock.sleep
     )
     for _ in range(10):
         await injector.apply("graph")
-    assert sleep.seconds == []
+    assert clock.slept == []
 
 
 async def test_real_sleep_by_default():
@@ -99,11 +91,11 @@ async def test_real_sleep_by_default():
 
 
 async def test_a_delay_past_the_total_ends_at_the_deadline_with_a_timeout():
-    sleep = Sleeps()
-    injector = FaultInjector(fault(delay={"percent": 100, "duration": "2s"}), rand=Draws(0.0), sleep=sleep)
+    clock = FakeClock()
+    injector = FaultInjector(fault(delay={"percent": 100, "duration": "2s"}), rand=Draws(0.0), sleep=clock.sleep)
     with pytest.raises(UpstreamTimeout):
         await injector.apply("graph", budget=0.5)
-    assert sleep.seconds == [0.5]
+    assert clock.slept == [0.5]
 
 
 async def test_a_delay_past_the_total_is_no_breaker_sample(upstream_factory, gateway_factory):

@@ -22,7 +22,7 @@ import yaml
 from gateway.config import parse_config
 from gateway.yamlfile import StrictLoader
 
-from .conftest import ROOT
+from .support import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import fault_suite

@@ -16,17 +16,23 @@ import collections
 import json
 import os
 import resource
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import GatewayProcess, RunningGateway, Upstream, gateway_yaml
-
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
-GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
+from .support import (
+    GatewayFactory,
+    GatewayProcess,
+    Upstream,
+    UpstreamFactory,
+    gateway_yaml,
+    read_answer,
+    sample,
+    scrape,
+)
 
 GET = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -99,10 +105,9 @@ async def test_a_flood_past_the_descriptor_limit_is_refused_and_the_gateway_reco
                 assert resp.status == 200
             assert health["upstreams"]["api"]["breaker"] == "closed"
             assert health["upstreams"]["api"]["inflight"] == 0
-            async with session.get(f"{gw.admin}/metrics") as resp:
-                metrics = await resp.text()
-        refused = f'gateway_proxy_connections_closed_total{{reason="max_connections"}} {results["503 overloaded"]}.0'
-        assert refused in metrics
+            metrics = await scrape(session, gw.admin)
+        refused = sample(metrics, "gateway_proxy_connections_closed_total", reason="max_connections")
+        assert refused == results["503 overloaded"]
     finally:
         gw.stop()
 
@@ -121,7 +126,7 @@ async def test_emfile_connecting_upstream_is_503_and_not_a_breaker_failure(
     conns = [await asyncio.open_connection("127.0.0.1", gw.gateway.proxy_port) for _ in range(4)]
     for reader, writer in conns:  # accepted and served: the client side needs no new descriptor
         writer.write(GET)
-        assert (await _answer(reader))[0] == 200
+        assert (await read_answer(reader))[0] == 200
     await asyncio.sleep(0.3)  # the upstream's closed connections are gone
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -132,7 +137,7 @@ async def test_emfile_connecting_upstream_is_503_and_not_a_breaker_failure(
         resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
         for reader, writer in conns:
             writer.write(GET)
-            answers.append(await _answer(reader))
+            answers.append(await read_answer(reader))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -145,15 +150,8 @@ async def test_emfile_connecting_upstream_is_503_and_not_a_breaker_failure(
     assert gw.gateway.state.runtime.breakers()["api"].state == "closed"  # 12 local failures, no sample
     for reader, writer in conns:  # descriptors are back: served again, nothing to wait for
         writer.write(GET)
-        assert (await _answer(reader))[0] == 200
+        assert (await read_answer(reader))[0] == 200
         writer.close()
     assert up.count == 8
 
 
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    async with asyncio.timeout(5):
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(lines[0].split(" ")[1]), headers, body

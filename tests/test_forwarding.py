@@ -8,7 +8,7 @@ import os
 import pytest
 from aiohttp import web
 
-from .conftest import RawUpstream, gateway_yaml, raw_request
+from .support import RawUpstream, gateway_yaml, raw_request
 
 
 def one_upstream(url: str, extra_upstream: str = "", extra: str = "") -> str:

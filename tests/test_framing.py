@@ -17,24 +17,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from gateway.framing import ChunkLineTooLong, WireFraming
 from gateway.hygiene import lookalike
 
-from .conftest import RunningGateway, Upstream, WireUpstream, gateway_yaml, raw_request
-
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
-GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
+from .support import (
+    GatewayFactory,
+    RunningGateway,
+    UpstreamFactory,
+    WireUpstream,
+    gateway_with_upstream,
+    gateway_yaml,
+    raw_request,
+    status_of,
+)
 
 POST = b"POST /api/x HTTP/1.1\r\nHost: a\r\n"
 CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
-
-
-def _status(answer: bytes) -> int:
-    return int(answer.split(b"\r\n", 1)[0].split(b" ")[1])
 
 
 def _body(answer: bytes) -> dict[str, object]:
@@ -96,19 +97,11 @@ def test_wire_framing_stops_where_the_parser_must_refuse() -> None:
 # --------------------------------------------------------------------------- chunk-size lines
 
 
-async def _gateway(
-    upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory, block: str = "", extra: str = ""
-):
-    up = await upstream_factory()
-    gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\n{block}"}, extra=extra))
-    return gw, up
-
-
 @pytest.mark.parametrize("kind", ["leading zeros", "extension", "last chunk's extension"])
 async def test_a_chunk_line_of_4_KiB_passes_and_one_byte_more_is_400(
     upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory, kind: str
 ) -> None:
-    gw, up = await _gateway(upstream_factory, gateway_factory)
+    gw, up = await gateway_with_upstream(upstream_factory, gateway_factory)
 
     def body(line_length: int) -> bytes:
         if kind == "leading zeros":
@@ -118,9 +111,9 @@ async def test_a_chunk_line_of_4_KiB_passes_and_one_byte_more_is_400(
         return b"5\r\nhello\r\n0;x=" + b"y" * (line_length - 4) + b"\r\n\r\n"
 
     ok = await raw_request(gw.gateway.proxy_port, CHUNKED + body(4096))
-    assert _status(ok) == 200 and up.seen[-1].body == b"hello"
+    assert status_of(ok) == 200 and up.seen[-1].body == b"hello"
     too_long = await raw_request(gw.gateway.proxy_port, CHUNKED + body(4097))
-    assert _status(too_long) == 400
+    assert status_of(too_long) == 400
     assert _body(too_long)["error"] == {
         "code": "bad_request",
         "message": "a chunk-size line (with its extensions) is longer than 4096 bytes",
@@ -132,7 +125,7 @@ async def test_a_chunk_line_of_4_KiB_passes_and_one_byte_more_is_400(
 async def test_max_chunk_line_is_configurable_and_applies_to_a_line_arriving_later(
     upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
 ) -> None:
-    gw, up = await _gateway(upstream_factory, gateway_factory, extra="server: {max_chunk_line: 100}")
+    gw, up = await gateway_with_upstream(upstream_factory, gateway_factory, extra="server: {max_chunk_line: 100}")
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.proxy_port)
     writer.write(CHUNKED + b"5\r\nhello\r\n")  # a good first chunk: the handler is reading the body
     await asyncio.sleep(0.2)
@@ -142,7 +135,7 @@ async def test_max_chunk_line_is_configurable_and_applies_to_a_line_arriving_lat
     async with asyncio.timeout(3):
         answer = await reader.read()  # the answer, then the connection closes
     writer.close()
-    assert _status(answer) == 400 and b"longer than 100 bytes" in answer
+    assert status_of(answer) == 400 and b"longer than 100 bytes" in answer
     assert up.count == 0
 
 
@@ -151,7 +144,7 @@ async def test_a_client_still_writing_after_the_refusal_reads_its_400(
 ) -> None:
     """Lingering close: the gateway half-closes and drops what still arrives, so the bytes the client
     sends after the refusal do not turn into a reset that destroys the answer before it is read."""
-    gw, up = await _gateway(upstream_factory, gateway_factory)
+    gw, up = await gateway_with_upstream(upstream_factory, gateway_factory)
     for _ in range(3):
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.proxy_port)
         writer.write(CHUNKED + b"0" * 5000)
@@ -161,7 +154,7 @@ async def test_a_client_still_writing_after_the_refusal_reads_its_400(
         async with asyncio.timeout(3):
             answer = await reader.read()  # the answer, then the gateway's FIN
         writer.close()
-        assert _status(answer) == 400 and b"chunk-size line" in answer
+        assert status_of(answer) == 400 and b"chunk-size line" in answer
     assert up.count == 0
 
 
@@ -169,7 +162,7 @@ async def test_200_MiB_of_leading_zeros_are_cut_off_after_a_few_KiB(
     upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory
 ) -> None:
     """Was: accepted whole (llhttp keeps no chunk-size line), counted toward no limit."""
-    gw, up = await _gateway(upstream_factory, gateway_factory)
+    gw, up = await gateway_with_upstream(upstream_factory, gateway_factory)
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.gateway.proxy_port)
     writer.write(CHUNKED)
     zeros, sent, start = b"0" * 65536, 0, time.monotonic()
@@ -190,12 +183,12 @@ async def test_200_MiB_of_leading_zeros_are_cut_off_after_a_few_KiB(
     writer.close()
     # The 400 goes out at once, but a client still writing may see it lost to the reset that
     # closing a socket with unread bytes sends (a smaller line gets its 400 in the tests above).
-    assert answer == b"" or (_status(answer) == 400 and b"chunk-size line" in answer), answer[:200]
+    assert answer == b"" or (status_of(answer) == 400 and b"chunk-size line" in answer), answer[:200]
     assert sent < 32 * 1024 * 1024, sent  # the gateway stopped reading; what was sent sat in socket buffers
     assert time.monotonic() - start < 10
     assert up.count == 0
     ok = await raw_request(gw.gateway.proxy_port, b"GET /api/ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    assert _status(ok) == 200
+    assert status_of(ok) == 200
 
 
 # --------------------------------------------------------------------------- framing counts toward the body limit
@@ -214,21 +207,21 @@ async def test_chunk_framing_counts_toward_max_request_body(
     upstream_factory: UpstreamFactory, gateway_factory: GatewayFactory, replayed: bool
 ) -> None:
     replay = "64KiB" if replayed else "1KiB"
-    gw, up = await _gateway(
+    gw, up = await gateway_with_upstream(
         upstream_factory,
         gateway_factory,
         block=f"limits: {{max_request_body: 8KiB}}\nretry: {{max_replay_body: {replay}}}",
     )
     data = bytes(range(256)) * 24  # 6 KiB of data: under the limit
     one_chunk = await raw_request(gw.gateway.proxy_port, CHUNKED + _chunks(data, len(data)))
-    assert _status(one_chunk) == 200 and up.seen[-1].body == data
+    assert status_of(one_chunk) == 200 and up.seen[-1].body == data
     small_chunks = _chunks(data, 64, b";ext=" + b"e" * 40)  # 6 KiB of data in 96 chunks: 10 KiB on the wire
     assert len(small_chunks) > 8 * 1024
     answer = await raw_request(gw.gateway.proxy_port, CHUNKED + small_chunks)
-    assert _status(answer) == 413 and _body(answer)["error"]["code"] == "body_too_large"
+    assert status_of(answer) == 413 and _body(answer)["error"]["code"] == "body_too_large"
     assert up.count == 1  # the upstream never received a complete request for it
     plain = _chunks(data, 1024)  # ordinary framing: 6 chunks, a few dozen bytes
-    assert _status(await raw_request(gw.gateway.proxy_port, CHUNKED + plain)) == 200
+    assert status_of(await raw_request(gw.gateway.proxy_port, CHUNKED + plain)) == 200
     assert up.count == 2
 
 
@@ -271,7 +264,7 @@ async def test_a_framing_lookalike_is_refused_unless_dropping(gateway_factory: G
     gw, up = await _wire_gateway(gateway_factory, setting)
     try:
         answer = await raw_request(gw.gateway.proxy_port, LOOKALIKES[name])
-        assert _status(answer) == 400
+        assert status_of(answer) == 400
         message = str(_body(answer)["error"]["message"])  # type: ignore[index]
         assert "reads as" in message and "_" not in message.partition("reads as")[2].split("'")[1]
         assert up.requests == []
@@ -284,7 +277,7 @@ async def test_drop_forwards_the_request_without_any_underscore_header(gateway_f
     gw, up = await _wire_gateway(gateway_factory, "drop")
     try:
         answer = await raw_request(gw.gateway.proxy_port, LOOKALIKES[name])
-        assert _status(answer) == 200, answer
+        assert status_of(answer) == 200, answer
         (request,) = up.requests
         body = LOOKALIKES[name].partition(b"\r\n\r\n")[2]
         assert request.body == body  # framed by the real Content-Length alone
@@ -304,10 +297,10 @@ async def test_other_underscore_headers_follow_the_setting(gateway_factory: Gate
             gw.gateway.proxy_port, b"GET /api/x HTTP/1.1\r\nHost: a\r\nX_Trace: t-1\r\nX-Keep: k\r\n\r\n"
         )
         if outcome == 400:
-            assert _status(answer) == 400 and "server.headers_with_underscores: reject" in str(_body(answer))
+            assert status_of(answer) == 400 and "server.headers_with_underscores: reject" in str(_body(answer))
             assert up.requests == []
             return
-        assert _status(answer) == 200
+        assert status_of(answer) == 200
         (request,) = up.requests
         headers = dict(request.headers)  # h11 gives names lower-case
         assert headers["x-keep"] == "k"

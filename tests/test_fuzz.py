@@ -60,7 +60,7 @@ from gateway.errors import BadRequest
 from gateway.hygiene import HOP_BY_HOP, check_request, lookalike, screen_framing
 from gateway.server import Gateway
 
-from .conftest import ROOT, Seen, Upstream, gateway_yaml
+from .support import ROOT, Seen, Upstream, gateway_yaml
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 NIGHTLY = settings.get_current_profile_name() == "nightly"  # --hypothesis-profile nightly
@@ -498,6 +498,7 @@ def _effective(config: Config) -> list[Any]:
     return [replace(up, set_headers=dict.fromkeys(up.set_headers, "")) for up in config.policies]
 
 
+@pytest.mark.slow
 @fuzz(200, worker="a")
 @given(doc=valid_docs(), render=renderings())
 def test_valid_config_passes_check_and_round_trips(doc, render, env, workdir):
@@ -832,6 +833,7 @@ def assert_config_error(path: Path, code: object, out: str, err: str, needle: st
     assert any(line.startswith(prefix + needle) for line in lines), (needle, err)
 
 
+@pytest.mark.slow
 @fuzz(300, worker="b")
 @given(case=broken_docs())
 def test_broken_config_is_one_clear_line_per_problem(case, env, workdir):
@@ -846,6 +848,7 @@ def test_broken_config_is_one_clear_line_per_problem(case, env, workdir):
 EDIT_ALPHABET = st.sampled_from(list(":{}[]-,&*!|>'\"%@`#?$ \t\n\r\\0123456789azé€\x00\x85\u2028\ufeff"))
 
 
+@pytest.mark.slow
 @fuzz(200, worker="a")
 @given(doc=valid_docs(), render=renderings(), data=st.data())
 def test_randomly_edited_config_never_crashes(doc, render, data, env, workdir):

@@ -20,7 +20,7 @@ from gateway.history import BUCKETS, WIDTH, History, Series
 from gateway.stats import percentile_ms
 from gateway.statuspage import DOCUMENT_TTL, _quota
 
-from .conftest import ROOT, gateway_yaml
+from .support import ROOT, FakeClock, gateway_yaml
 
 
 @dataclass
@@ -35,17 +35,9 @@ class Answer:
     request_id: str = "rid"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make() -> tuple[History, Clock]:
-    clock = Clock()
-    return History(clock=clock, wall=lambda: 1_700_000_000.0 + clock.now), clock
+def make() -> tuple[History, FakeClock]:
+    clock = FakeClock(1000.0, wall_start=1_700_000_000.0 + 1000.0)
+    return History(clock=clock, wall=clock.wall), clock
 
 
 def test_minute_and_fifteen_minutes_roll_with_the_clock() -> None:

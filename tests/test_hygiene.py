@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import gateway_yaml, raw_request
+from .support import gateway_yaml, raw_request
 
 REFUSED = {
     "absolute-form": b"GET http://other.host/api/x HTTP/1.1\r\nHost: other.host\r\n\r\n",

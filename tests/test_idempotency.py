@@ -23,7 +23,7 @@ from gateway.errors import BadRequest, IdempotencyConflict, UpstreamReset
 from gateway.idempotency import FLIGHT_SLACK, Keeper, MemoryStore, read_key
 from gateway.retry import RetryBudget, RetryPolicy
 
-from .conftest import RedisServer, RunningGateway, Upstream, free_port, gateway_yaml
+from .support import FakeClock, RedisServer, RunningGateway, Upstream, free_port, gateway_yaml, sample
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,10 +99,9 @@ async def test_a_repeat_gets_the_first_answer_and_the_upstream_is_reached_once(u
     assert up.count == 1
     other = await send(gw.session, gw.url, key="key-2")  # another key: another message
     assert other[1] != first[1] and up.count == 2
-    async with gw.session.get(gw.admin + "/metrics") as r:
-        metrics = await r.text()
-    assert 'gateway_idempotency_total{result="new",route="send_message",upstream="graph"} 2.0' in metrics
-    assert 'gateway_idempotency_total{result="replayed",route="send_message",upstream="graph"} 1.0' in metrics
+    labels = {"route": "send_message", "upstream": "graph"}
+    assert sample(gw.registry, "gateway_idempotency_total", result="new", **labels) == 2.0
+    assert sample(gw.registry, "gateway_idempotency_total", result="replayed", **labels) == 1.0
 
 
 async def test_a_repeat_while_the_first_is_in_flight_gets_409_then_the_answer(upstream_factory, gateway_factory):
@@ -237,10 +236,8 @@ async def test_a_connect_failure_releases_the_key(upstream_factory, gateway_fact
     assert (status, headers["x-gateway-error"]) == (502, "upstream_unreachable")
     status, _, headers = await send(gw.session, gw.url)  # forwarded again, not replayed
     assert status == 502 and "x-gateway-idempotency" not in headers
-    async with gw.session.get(gw.admin + "/metrics") as r:
-        assert 'gateway_idempotency_total{result="released",route="send_message",upstream="graph"} 2.0' in (
-            await r.text()
-        )
+    labels = {"route": "send_message", "upstream": "graph"}
+    assert sample(gw.registry, "gateway_idempotency_total", result="released", **labels) == 2.0
 
 
 async def test_a_refusal_of_the_gateway_releases_the_key(upstream_factory, gateway_factory):
@@ -408,17 +405,17 @@ async def test_with_redis_down_the_memory_store_takes_over(redis_pair):
 async def test_a_claim_whose_gateway_stopped_reads_as_an_unknown_outcome():
     """A replica that dies mid-send leaves its claim in flight: once the request's time is up, a
     repeat is told the outcome is unknown; it is never forwarded a second time."""
-    now = [1000.0]
-    store = MemoryStore(100, 1 << 20, 1024, clock=lambda: now[0])
+    clock = FakeClock(1000.0)
+    store = MemoryStore(100, 1 << 20, 1024, clock=clock)
     retry = RetryPolicy(RetrySpec(), "graph", RetryBudget(0.2, 3, 10))
-    keeper = Keeper(IdempotencySpec(), "graph", "send_message", store, retry, clock=lambda: now[0])
+    keeper = Keeper(IdempotencySpec(), "graph", "send_message", store, retry, clock=clock)
     results: list[str] = []
     args = ("POST", "/v21.0/1/messages", CIMultiDict({"idempotency-key": "k"}), b"{}", 5.0, results.append)
     claim = await keeper.claim(*args)
     assert claim is not None and claim.replay is None  # ...and its gateway stops: nothing settles it
     with pytest.raises(IdempotencyConflict):
         await keeper.claim(*args)
-    now[0] += 5.0 + FLIGHT_SLACK + 1
+    clock.advance(5.0 + FLIGHT_SLACK + 1)
     again = await keeper.claim(*args)
     assert again is not None and isinstance(again.replay, UpstreamReset)
     assert "stopped before recording its outcome" in again.replay.message

@@ -9,7 +9,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml, sample, scrape
 
 
 async def test_sigterm_drains_readyz_503_inflight_completes_exit_0(upstream_factory, gateway_process):
@@ -61,10 +61,9 @@ async def test_sighup_reloads_and_a_broken_file_keeps_the_old_config(upstream_fa
         assert "config reload failed" in "\n".join(gw.lines)
         async with session.get(f"{gw.url}/second/x") as resp:
             assert resp.status == 200
-        async with session.get(f"{gw.admin}/metrics") as resp:
-            text = await resp.text()
-        assert 'gateway_config_reloads_total{result="ok"} 1.0' in text
-        assert 'gateway_config_reloads_total{result="error"} 1.0' in text
+        metrics = await scrape(session, gw.admin)
+        assert sample(metrics, "gateway_config_reloads_total", result="ok") == 1.0
+        assert sample(metrics, "gateway_config_reloads_total", result="error") == 1.0
         async with session.post(f"{gw.admin}/admin/reload") as resp:
             assert resp.status == 400
             assert "invalid YAML" in (await resp.json())["error"]["message"]

@@ -20,8 +20,8 @@ from gateway.cachestore import Entry, FallbackStore, MemoryStore, RedisStore
 from gateway.nearcache import NearStore
 from gateway.redislink import RedisLink
 
-from .conftest import RedisServer, Upstream
-from .test_shared import call, failing, shared_yaml, versioned, wait_for
+from .support import RedisServer, Upstream, eventually
+from .test_shared import call, failing, shared_yaml, versioned
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,7 +45,7 @@ async def near_hit(session: aiohttp.ClientSession, base: str, redis: RedisServer
         assert (status, headers["x-gateway-cache"]) == (200, "HIT")
         return redis_gets(redis) == before
 
-    await wait_for(answered_near, 5.0, "a hit answered from the near cache (no MGET)")
+    await eventually(answered_near, 5.0, "a hit answered from the near cache (no MGET)", interval=0.05)
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ async def test_redis_restarted_drops_the_near_cache_and_it_comes_back(pair):
         await call(session, a.url, path)
         return (await call(session, b.url, path))[2]["x-gateway-cache"] == "HIT"
 
-    await wait_for(shared_again, 10.0, "a miss through A is a hit through B again")
+    await eventually(shared_again, 10.0, "a miss through A is a hit through B again", interval=0.05)
     await call(session, b.url, PATH)
     await near_hit(session, b.url, redis)
     status, _, _ = await call(session, a.url, WRITE, method="PATCH")

@@ -10,20 +10,12 @@ any upstream; an upstream's redirect goes back to the client as it is, never fol
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from .conftest import RunningGateway, Upstream, gateway_yaml, raw_request
-
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
-GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
-
-
-def _status(answer: bytes) -> int:
-    return int(answer.split(b"\r\n", 1)[0].split(b" ")[1])
+from .support import GatewayFactory, Upstream, UpstreamFactory, gateway_yaml, raw_request, status_of
 
 
 def _error_code(answer: bytes) -> str:
@@ -74,7 +66,7 @@ async def test_targets_reaching_elsewhere_are_refused_and_nothing_is_sent(
     gw, gemini, outsider = await _setup(upstream_factory, gateway_factory)
     line = REFUSED_TARGETS[name].format(port=outsider.port)
     answer = await raw_request(gw.gateway.proxy_port, f"{line}\r\nHost: 127.0.0.1\r\n\r\n".encode(), timeout=3)
-    assert _status(answer) == 400, (name, answer[:300])
+    assert status_of(answer) == 400, (name, answer[:300])
     assert b"x-gateway-error: bad_request" in answer
     assert _error_code(answer) == "bad_request"
     assert gemini.count == 0 and outsider.count == 0
@@ -92,7 +84,7 @@ async def test_the_host_header_never_routes(
     answer = await raw_request(
         gw.gateway.proxy_port, f"GET /gemini/v1/x HTTP/1.1\r\nHost: {value}\r\nConnection: close\r\n\r\n".encode()
     )
-    assert _status(answer) == 200
+    assert status_of(answer) == 200
     assert outsider.count == 0
     assert gemini.count == 1
     assert gemini.seen[0].headers["Host"] == f"127.0.0.1:{gemini.port}"  # the configured URL's host
@@ -105,7 +97,7 @@ async def test_a_host_header_naming_no_upstream_on_an_unknown_path_is_404(
     gw, gemini, outsider = await _setup(upstream_factory, gateway_factory)
     request = f"GET /v1/x HTTP/1.1\r\nHost: 127.0.0.1:{gemini.port}\r\n\r\n".encode()
     answer = await raw_request(gw.gateway.proxy_port, request)
-    assert _status(answer) == 404 and _error_code(answer) == "no_route"
+    assert status_of(answer) == 404 and _error_code(answer) == "no_route"
     assert gemini.count == 0 and outsider.count == 0
 
 
@@ -123,7 +115,7 @@ async def test_missing_or_repeated_host_is_refused(
 ) -> None:
     gw, gemini, outsider = await _setup(upstream_factory, gateway_factory)
     answer = await raw_request(gw.gateway.proxy_port, head, timeout=3)
-    assert _status(answer) == 400, answer[:300]
+    assert status_of(answer) == 400, answer[:300]
     assert b"x-gateway-error: bad_request" in answer
     assert gemini.count == 0 and outsider.count == 0
 
@@ -133,7 +125,7 @@ async def test_http10_without_host_still_reaches_only_the_configured_url(
 ) -> None:
     gw, gemini, outsider = await _setup(upstream_factory, gateway_factory)
     answer = await raw_request(gw.gateway.proxy_port, b"GET /gemini/x HTTP/1.0\r\n\r\n")
-    assert _status(answer) == 200
+    assert status_of(answer) == 200
     assert gemini.count == 1 and outsider.count == 0
     assert gemini.seen[0].headers["Host"] == f"127.0.0.1:{gemini.port}"
 
@@ -147,7 +139,7 @@ async def test_a_prefix_of_another_name_is_not_routed(
 ) -> None:
     gw, gemini, outsider = await _setup(upstream_factory, gateway_factory)
     answer = await raw_request(gw.gateway.proxy_port, f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-    assert _status(answer) == 404, (path, answer[:300])
+    assert status_of(answer) == 404, (path, answer[:300])
     assert _error_code(answer) == "no_route"
     assert gemini.count == 0 and outsider.count == 0
 

@@ -33,8 +33,8 @@ from gateway.logs import JsonFormatter
 from gateway.pool import WarmConnector, margin, plan
 from gateway.server import Gateway
 
-from .conftest import ROOT, gateway_yaml
 from .connkit import ConnectProxy, CountingUpstream
+from .support import ROOT, eventually, gateway_yaml, sample
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -93,13 +93,6 @@ async def _get(gw: Any, path: str, method: str = "GET") -> tuple[int, dict[str, 
         except ValueError:
             data = {"raw": body.decode(errors="replace")}
         return resp.status, data, took, dict(resp.headers)
-
-
-async def _until(check: Any, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- the keep-warm plan, on a fake clock
@@ -282,7 +275,7 @@ async def test_the_aiohttp_internals_the_pool_uses_are_there(counting):
         assert isinstance(proto, ResponseHandler) and before <= t0 <= time.monotonic()
         assert isinstance(next(iter(connector._conns.values())), deque)
         request = asyncio.create_task(session.get(up.url + "/a"))  # it finds the warm connection
-        await _until(lambda: len(up.requests) == 1)
+        await eventually(lambda: len(up.requests) == 1)
         assert connector.busy == 1 and connector.idle() == []
         async with await request as resp:
             assert resp.status == 200 and (await resp.json())["conn"] == 1
@@ -291,7 +284,7 @@ async def test_the_aiohttp_internals_the_pool_uses_are_there(counting):
         assert connector.retire(proto, t0 - 1) is False  # put back since: fresh, kept
         assert connector.retire(proto, t0) is True
         assert connector.idle() == [] and connector.retire(proto, t0) is False
-        await _until(lambda: up.closed_by_client == 1)
+        await eventually(lambda: up.closed_by_client == 1)
 
 
 # --------------------------------------------------------------------------- through a real gateway
@@ -303,10 +296,8 @@ async def test_preconnect_opens_a_connection_before_the_first_request(gateway_fa
     assert up.accepted == 1 and up.requests == []  # start waited for it; no request was sent to open it
     status, body, _, _ = await _get(gw, "/api/x")
     assert status == 200 and body["conn"] == 1 and up.accepted == 1
-    async with gw.session.get(gw.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    assert 'gateway_upstream_warm_connects_total{result="ok",upstream="api"} 1.0' in metrics
-    assert 'gateway_upstream_connections{state="idle",upstream="api"} 1.0' in metrics
+    assert sample(gw.registry, "gateway_upstream_warm_connects_total", result="ok", upstream="api") == 1.0
+    assert sample(gw.registry, "gateway_upstream_connections", state="idle", upstream="api") == 1.0
 
 
 async def test_no_preconnect_and_no_keep_warm_opens_nothing_until_a_request(gateway_factory, counting):
@@ -328,7 +319,7 @@ async def test_idle_timeout_is_the_gateways_own_the_pool_reuses_within_it_and_cl
     await asyncio.sleep(1.3)
     assert (await _get(gw, "/api/c"))[1]["conn"] == 2  # quiet 1.3 s > 1 s: never written on again
     assert up.closed_idle == 0  # the gateway closed it, not the upstream
-    await _until(lambda: up.closed_by_client >= 1, timeout=3)
+    await eventually(lambda: up.closed_by_client >= 1, timeout=3)
 
 
 async def test_keep_warm_has_a_warm_connection_after_a_quiet_period_many_times_idle_timeout(gateway_factory, counting):
@@ -391,14 +382,12 @@ async def test_an_upstream_that_closes_idle_connections_sooner_is_reported(gatew
     caplog.set_level(logging.INFO, logger="gateway")
     up = await counting(idle_limit=0.4)
     gw = await gateway_factory(gateway_yaml({"api": f"url: {up.url}\npool: {{idle_timeout: 3s, keep_warm: 1}}"}))
-    await _until(lambda: up.closed_idle >= 2, timeout=4)
+    await eventually(lambda: up.closed_idle >= 2, timeout=4)
     assert up.requests == [] and (await _get(gw, "/api/x"))[0] == 200
     warnings = [r for r in caplog.records if "closed an idle connection before pool.idle_timeout" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].fields["idle_s"] < 3  # type: ignore[attr-defined]
-    async with gw.session.get(gw.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    line = next(x for x in metrics.splitlines() if x.startswith('gateway_upstream_closed_idle_total{upstream="api"}'))
-    assert float(line.split()[-1]) >= 1
+    closed_idle = sample(gw.registry, "gateway_upstream_closed_idle_total", upstream="api")
+    assert closed_idle is not None and closed_idle >= 1
 
 
 async def test_a_reload_that_keeps_the_pool_keeps_its_connections(counting, tmp_path):
@@ -424,13 +413,13 @@ async def test_a_reload_that_keeps_the_pool_keeps_its_connections(counting, tmp_
                 gateway_yaml({"api": block.replace("keep_warm: 0", "keep_warm: 2") + "\ntimeouts: {total: 9s}"})
             )
             assert (await gw.reload("test"))[0]
-            await _until(lambda: up.accepted == 2)  # keep_warm applies to the kept pool
+            await eventually(lambda: up.accepted == 2)  # keep_warm applies to the kept pool
             assert await conn() in (1, 2)
             path.write_text(gateway_yaml({"api": block.replace("keep_warm: 0", "idle_timeout: 20s")}))
             assert (await gw.reload("test"))[0]
-            await _until(lambda: up.accepted == 3)  # a new pool: preconnected at once
+            await eventually(lambda: up.accepted == 3)  # a new pool: preconnected at once
             assert await conn() == 3
-            await _until(lambda: up.open_now == 1)  # the old pool closed once it had no request in flight
+            await eventually(lambda: up.open_now == 1)  # the old pool closed once it had no request in flight
     finally:
         await gw.close()
 

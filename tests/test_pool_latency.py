@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 import trustme
 
-from .conftest import ROOT, free_port
 from .connkit import DelayRelay
+from .support import ROOT, free_port
 
 ONE_WAY = 0.05  # seconds, each direction: a 100 ms round trip
 RTT = 2 * ONE_WAY

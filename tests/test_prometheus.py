@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
-from .conftest import free_port
-from .test_deploy import ALERTS, busy_gateway, concrete, dashboard_exprs
+from .support import eventually, free_port
+from .support.monitoring import ALERTS, busy_gateway, concrete, dashboard_exprs
 
 WAIT = 30.0  # seconds: the longest any poll below waits
 
@@ -92,15 +92,8 @@ class Prometheus:
         return body["data"]
 
     async def poll(self, session: aiohttp.ClientSession, what: str, check: Any) -> Any:
-        """Call ``check()`` until it returns something true; fail after WAIT seconds."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            result = await check()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what}: nothing after {WAIT}s:\n{self.log.read_text()}")
-            await asyncio.sleep(0.25)
+        """Call ``check()`` until it returns something true; fail after WAIT seconds, with Prometheus's log."""
+        return await eventually(check, WAIT, lambda: f"{what}:\n{self.log.read_text()}", interval=0.25)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

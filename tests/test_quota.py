@@ -20,29 +20,16 @@ from gateway.config import QuotaSpec
 from gateway.errors import QuotaExhausted
 from gateway.quota import PACIFIC, QuotaKeeper, TokenMeter, day_of
 
-from .conftest import RedisServer, Upstream, gateway_yaml
+from .support import FakeClock, RedisServer, Upstream, gateway_yaml, sample
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def pacific(*args: int) -> float:
     return dt.datetime(*args, tzinfo=PACIFIC).timestamp()
 
 
-def keeper(clock: Clock, **block: Any) -> QuotaKeeper:
+def keeper(clock: FakeClock, **block: Any) -> QuotaKeeper:
     return QuotaKeeper(QuotaSpec.model_validate({"key": "model", **block}), "gemini.generate", None, clock, clock.sleep)
 
 
@@ -56,7 +43,7 @@ async def refused(k: QuotaKeeper, key: str) -> QuotaExhausted:
 
 
 async def test_rpm_admits_the_limit_then_refuses_with_the_wait_and_a_quota_failure():
-    clock = Clock(pacific(2026, 5, 4, 10, 0, 0))
+    clock = FakeClock(pacific(2026, 5, 4, 10, 0, 0))
     k = keeper(clock, rpm=3)
     for _ in range(3):
         await k.admit("flash", "gemini")
@@ -75,7 +62,7 @@ async def test_rpm_admits_the_limit_then_refuses_with_the_wait_and_a_quota_failu
 
 
 async def test_a_request_waits_up_to_max_wait_for_room():
-    clock = Clock(1_000_000.0)
+    clock = FakeClock(1_000_000.0)
     k = keeper(clock, rpm=1, max_wait="5s")
     await k.admit("flash", "gemini")
     clock.now += 57
@@ -86,7 +73,7 @@ async def test_a_request_waits_up_to_max_wait_for_room():
 
 
 async def test_tpm_counts_what_answers_reported():
-    clock = Clock(2_000_000.0)
+    clock = FakeClock(2_000_000.0)
     k = keeper(clock, tpm=1000)
     for tokens in (600, 500):
         ticket = await k.admit("flash", "gemini")
@@ -99,7 +86,7 @@ async def test_tpm_counts_what_answers_reported():
 
 
 async def test_retries_count_as_requests():
-    clock = Clock(3_000_000.0)
+    clock = FakeClock(3_000_000.0)
     k = keeper(clock, rpm=3)
     ticket = await k.admit("flash", "gemini")
     await ticket.settle(3, 200, b"")  # three tries reached Google
@@ -112,7 +99,7 @@ async def test_retries_count_as_requests():
     ids=["ordinary-day", "day-before-spring-forward", "fall-back-day"],
 )
 async def test_rpd_resets_at_midnight_pacific(start):
-    clock = Clock(pacific(*start))
+    clock = FakeClock(pacific(*start))
     k = keeper(clock, rpd=2)
     await k.admit("flash", "gemini")
     await k.admit("flash", "gemini")
@@ -135,7 +122,7 @@ def test_day_of_is_the_los_angeles_date():
 
 
 async def test_an_upstream_429_with_a_quota_failure_updates_the_view():
-    clock = Clock(4_000_000.0)
+    clock = FakeClock(4_000_000.0)
     k = keeper(clock, rpm=15)
     ticket = await k.admit("flash", "gemini")
     await ticket.settle(1, 429, google_429(quota_value="5", delay="20s"))
@@ -158,7 +145,7 @@ async def test_an_upstream_429_with_a_quota_failure_updates_the_view():
 
 
 async def test_a_probe_that_succeeds_forgets_the_closure_and_the_learned_limit():
-    clock = Clock(4_000_000.0)
+    clock = FakeClock(4_000_000.0)
     k = keeper(clock, rpm=15)
     for _ in range(3):
         ticket = await k.admit("flash", "gemini")
@@ -297,10 +284,9 @@ async def test_rpm_through_the_gateway_and_another_model_unaffected(upstream_fac
     assert up.count == 2
     assert (await generate(gw.session, gw.url, model="pro"))[0] == 200
     assert up.count == 3
-    async with gw.session.get(gw.admin + "/metrics") as r:
-        metrics = await r.text()
-    assert 'gateway_quota_remaining{key="flash",route="generate",upstream="gemini",window="rpm"} 0.0' in metrics
-    assert 'gateway_quota_remaining{key="pro",route="generate",upstream="gemini",window="rpm"} 1.0' in metrics
+    labels = {"route": "generate", "upstream": "gemini", "window": "rpm"}
+    assert sample(gw.registry, "gateway_quota_remaining", key="flash", **labels) == 0.0
+    assert sample(gw.registry, "gateway_quota_remaining", key="pro", **labels) == 1.0
     async with gw.session.get(gw.admin + "/health") as r:
         quota = (await r.json())["upstreams"]["gemini"]["quota"]["generate"]
     assert {"key": "flash", "window": "rpm", "remaining": 0, "limit": 2} in quota["windows"]

@@ -10,16 +10,7 @@ from gateway.config import RateLimitSpec
 from gateway.errors import RateLimited
 from gateway.ratelimit import RateLimiter, TokenBucket, default_burst
 
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .support import FakeClock
 
 
 def limiter(clock: FakeClock, max_keys: int = 10000, sleep=None, **block) -> RateLimiter:
@@ -41,7 +32,7 @@ def passed(rl: RateLimiter, n: int, key: str | None = None) -> int:
 
 
 def test_burst_then_refill():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock)  # 10/s, burst 5, max_wait 0
     assert passed(rl, 20) == 5
     clock.advance(0.5)
@@ -51,7 +42,7 @@ def test_burst_then_refill():
 
 
 def test_refused_request_carries_retry_after():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock)
     passed(rl, 5)
     with pytest.raises(RateLimited) as info:
@@ -64,7 +55,7 @@ def test_refused_request_carries_retry_after():
 
 
 def test_separate_keys_have_separate_buckets():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock, key="phone_id")
     assert passed(rl, 10, "111") == 5
     assert passed(rl, 10, "222") == 5
@@ -73,14 +64,14 @@ def test_separate_keys_have_separate_buckets():
 
 
 def test_without_key_every_value_shares_one_bucket():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock)
     assert passed(rl, 3, "111") + passed(rl, 10, "222") == 5
     assert len(rl) == 1
 
 
 def test_max_wait_queues_waiters_with_computed_waits():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock, max_wait="250ms")
     waits = [rl.reserve(None, "graph") for _ in range(7)]
     assert waits[:5] == [0.0] * 5
@@ -93,7 +84,7 @@ def test_max_wait_queues_waiters_with_computed_waits():
 
 
 def test_a_refusal_takes_nothing():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     bucket = TokenBucket(10, 5, clock)
     for _ in range(5):
         bucket.reserve(0)
@@ -104,7 +95,7 @@ def test_a_refusal_takes_nothing():
 
 
 def test_bucket_never_exceeds_burst():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     bucket = TokenBucket(10, 5, clock)
     clock.advance(3600)
     assert bucket.tokens == 5
@@ -112,7 +103,7 @@ def test_bucket_never_exceeds_burst():
 
 
 def test_refund_gives_a_token_back():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     bucket = TokenBucket(1, 1, clock)
     assert bucket.reserve(0) == 0.0
     assert bucket.reserve(5) == pytest.approx(1.0)
@@ -121,7 +112,7 @@ def test_refund_gives_a_token_back():
 
 
 def test_slow_rates():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock, rate="30/m", burst=None)  # 0.5 tokens a second
     assert rl.burst == 1
     assert passed(rl, 3) == 1
@@ -136,7 +127,7 @@ def test_default_burst(rate, burst):
 
 
 def test_key_lru_bound():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock, max_keys=2, key="phone_id")
     passed(rl, 5, "a")
     passed(rl, 5, "b")
@@ -155,13 +146,9 @@ def test_invalid_bucket():
 
 
 async def test_acquire_sleeps_the_reserved_wait():
-    clock = FakeClock()
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    rl = limiter(clock, sleep=sleep, max_wait="1s", burst=2)
+    clock = FakeClock(500.0, sleep_advances=False)
+    slept = clock.slept
+    rl = limiter(clock, sleep=clock.sleep, max_wait="1s", burst=2)
     for _ in range(4):
         await rl.acquire(None, "graph")
     assert slept == pytest.approx([0.1, 0.2])
@@ -172,7 +159,7 @@ async def test_acquire_sleeps_the_reserved_wait():
 
 
 async def test_cancelled_waiter_gives_its_token_back():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     rl = limiter(clock, max_wait="5s", burst=1, rate="1/s")
     await rl.acquire(None, "graph")
     task = asyncio.create_task(rl.acquire(None, "graph"))  # real asyncio.sleep(1.0)

@@ -20,7 +20,7 @@ from gateway.config import RateLimitSpec
 from gateway.errors import BadRequest, RateLimited
 from gateway.ratelimit import NO_VALUE, RateLimiter, RequestKey, acquire_all
 
-from .conftest import Upstream, gateway_yaml
+from .support import FakeClock, Upstream, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,17 +137,17 @@ def test_request_key_reads_json_pointers_and_digests_values():
 
 
 async def test_acquire_all_sleeps_the_longest_wait_and_refunds_on_cancel():
-    now = [100.0]
-    slept: list[float] = []
+    clock = FakeClock(100.0, sleep_advances=False)
+    slept = clock.slept
     gate = asyncio.Event()
 
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
+    async def sleep(seconds: float) -> None:  # records the wait, then holds until cancelled
+        await clock.sleep(seconds)
         await gate.wait()
 
     def make(rate: str) -> RateLimiter:
         return RateLimiter(
-            RateLimitSpec.model_validate({"rate": rate, "burst": 1, "max_wait": "10s"}), clock=lambda: now[0]
+            RateLimitSpec.model_validate({"rate": rate, "burst": 1, "max_wait": "10s"}), clock=clock
         )
 
     one, two = make("1/s"), make("30/m")

@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 
 async def test_a_streams_headers_reach_the_client_before_its_first_event(gateway_factory, upstream_factory):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .conftest import GatewayProcess, free_port, gateway_yaml
+from .support import TOKEN_FROM_ENV, GatewayProcess, free_port, gateway_yaml, sample, scrape
 
 TOKEN = "reload-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,14 +39,6 @@ async def slow(request: web.BaseRequest, up: Any) -> web.StreamResponse:
 
 async def down(request: web.BaseRequest, up: Any) -> web.StreamResponse:
     return web.Response(status=503, text="down")
-
-
-def with_token(text: str) -> str:
-    """Require the admin token (from $GATEWAY_ADMIN_TOKEN) for admin POSTs."""
-    admin = r'admin: {listen: {host: 127.0.0.1, port: \1}, token: "${GATEWAY_ADMIN_TOKEN}"}'
-    out, n = re.subn(r"admin: \{listen: \{host: 127\.0\.0\.1, port: (\d+)\}\}", admin, text)
-    assert n == 1
-    return out
 
 
 def slow_route(url: str, per_try: str) -> str:
@@ -100,16 +91,6 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def metric(session: aiohttp.ClientSession, gw: GatewayProcess, prefix: str) -> str | None:
-    """The value of the /metrics sample line starting with ``prefix``, or None."""
-    async with session.get(f"{gw.admin}/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith(prefix + " "):
-            return line.split()[-1]
-    return None
-
-
 async def test_sighup_applies_a_new_route_timeout_to_new_requests_only(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory(slow)
     gw = gateway_process(gateway_yaml({"api": slow_route(up.url, "300ms")}))
@@ -143,11 +124,12 @@ async def test_sighup_applies_a_new_route_timeout_to_new_requests_only(upstream_
 async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory(slow)
     env = {"GATEWAY_ADMIN_TOKEN": TOKEN}
-    gw = gateway_process(with_token(gateway_yaml({"api": slow_route(up.url, "2s")})), env)
+    gw = gateway_process(gateway_yaml({"api": slow_route(up.url, "2s")}, admin_token=TOKEN_FROM_ENV), env)
     path = tmp_path / "gateway-0.yaml"
     where = "upstreams.api.routes[0].timeouts.per_try: expected a duration like '10s', got 'ten'"
     async with aiohttp.ClientSession() as session:
-        path.write_text(with_token(gateway_yaml({"api": slow_route(up.url, "ten")})))  # valid YAML, invalid value
+        invalid = gateway_yaml({"api": slow_route(up.url, "ten")}, admin_token=TOKEN_FROM_ENV)  # valid YAML
+        path.write_text(invalid)
         gw.signal(signal.SIGHUP)
         failed = await wait_event(gw, FAILED, 1)
         assert failed["level"] == "error" and failed["source"] == "SIGHUP"
@@ -167,10 +149,11 @@ async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstr
             assert resp.status == 400
             assert resp.headers["x-gateway-error"] == "config_invalid"
             assert (await resp.json())["error"] == {"code": "config_invalid", "message": f"{path}: {where}"}
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="error"}') == "2.0"
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="ok"}') == "0.0"
+        metrics = await scrape(session, gw.admin)
+        assert sample(metrics, "gateway_config_reloads_total", result="error") == 2.0
+        assert sample(metrics, "gateway_config_reloads_total", result="ok") == 0.0
 
-        path.write_text(with_token(gateway_yaml({"api": slow_route(up.url, "300ms")})))
+        path.write_text(gateway_yaml({"api": slow_route(up.url, "300ms")}, admin_token=TOKEN_FROM_ENV))
         async with session.post(f"{gw.admin}/admin/reload", headers=AUTH) as resp:
             assert resp.status == 200
             assert await resp.json() == {
@@ -181,7 +164,7 @@ async def test_an_invalid_config_keeps_the_old_policies_and_says_which_key(upstr
                 "restart_required": [],
             }
         assert await get(session, f"{gw.url}/api/slow/600") == (504, "upstream_timeout")
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="ok"}') == "1.0"
+        assert sample(await scrape(session, gw.admin), "gateway_config_reloads_total", result="ok") == 1.0
         assert (await wait_event(gw, "config reloaded", 1))["source"] == "admin"
 
 
@@ -191,14 +174,13 @@ async def test_breaker_state_survives_a_reload_unless_the_url_changed(upstream_f
     breaker = "breaker: {failure_threshold: 2, recovery: 1m}\nretry: {attempts: 1}"
 
     def config(api_per_try: str, flaky_per_try: str, moved_url: str) -> str:
-        return with_token(
-            gateway_yaml(
-                {
-                    "api": f"url: {ok.url}\ntimeouts: {{per_try: {api_per_try}}}",
-                    "flaky": f"url: {failing.url}\ntimeouts: {{per_try: {flaky_per_try}}}\n{breaker}",
-                    "moved": f"url: {moved_url}\n{breaker}",
-                }
-            )
+        return gateway_yaml(
+            {
+                "api": f"url: {ok.url}\ntimeouts: {{per_try: {api_per_try}}}",
+                "flaky": f"url: {failing.url}\ntimeouts: {{per_try: {flaky_per_try}}}\n{breaker}",
+                "moved": f"url: {moved_url}\n{breaker}",
+            },
+            admin_token=TOKEN_FROM_ENV,
         )
 
     gw = gateway_process(config("3s", "3s", failing.url), {"GATEWAY_ADMIN_TOKEN": TOKEN})
@@ -234,22 +216,21 @@ async def test_breaker_state_survives_a_reload_unless_the_url_changed(upstream_f
         assert await get(session, f"{gw.url}/flaky/x") == (503, "breaker_open")
         assert ok.count == seen  # the forced-open breaker let nothing through
         assert await get(session, f"{gw.url}/moved/x") == (200, None)
-        for name, value in (("api", "2.0"), ("flaky", "2.0"), ("moved", "0.0")):
-            assert await metric(session, gw, f'gateway_breaker_state{{route="-",upstream="{name}"}}') == value
+        metrics = await scrape(session, gw.admin)
+        for name, value in (("api", 2.0), ("flaky", 2.0), ("moved", 0.0)):
+            assert sample(metrics, "gateway_breaker_state", route="-", upstream=name) == value
 
 
 async def test_admin_reload_reports_added_removed_and_restart_required(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory()
     gw = gateway_process(
-        with_token(gateway_yaml({"api": f"url: {up.url}", "old": f"url: {up.url}"})), {"GATEWAY_ADMIN_TOKEN": TOKEN}
+        gateway_yaml({"api": f"url: {up.url}", "old": f"url: {up.url}"}, admin_token=TOKEN_FROM_ENV),
+        {"GATEWAY_ADMIN_TOKEN": TOKEN},
     )
     path = tmp_path / "gateway-0.yaml"
     new_port, new_admin = free_port(), free_port()
-    path.write_text(
-        with_token(
-            gateway_yaml({"api": f"url: {up.url}", "new": f"url: {up.url}"}, port=new_port, admin_port=new_admin)
-        )
-    )
+    new = {"api": f"url: {up.url}", "new": f"url: {up.url}"}
+    path.write_text(gateway_yaml(new, admin_token=TOKEN_FROM_ENV, port=new_port, admin_port=new_admin))
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{gw.admin}/admin/reload", headers=AUTH) as resp:
             assert resp.status == 200
@@ -286,7 +267,7 @@ async def test_watch_reloads_when_the_file_changes(upstream_factory, gateway_pro
         failed = await wait_event(gw, FAILED, 1, timeout=5)
         assert failed["source"] == "watch" and "invalid YAML" in failed["error"]
         assert await get(session, f"{gw.url}/second/x") == (200, None)
-        assert await metric(session, gw, 'gateway_config_reloads_total{result="error"}') == "1.0"
+        assert sample(await scrape(session, gw.admin), "gateway_config_reloads_total", result="error") == 1.0
         await asyncio.sleep(1.5)  # longer than the watch interval: no second attempt at the same file
         assert len(events(gw, FAILED)) == 1
 

@@ -8,7 +8,7 @@ import sys
 
 import aiohttp
 
-from .conftest import ROOT, gateway_yaml
+from .support import ROOT, TOKEN_FROM_ENV, gateway_yaml
 
 CANARIES = {
     "set_header": "CANARY-SETHEADER-4f1d",
@@ -22,8 +22,9 @@ CANARIES = {
 async def test_no_secret_in_logs_admin_or_answers(upstream_factory, gateway_process, tmp_path):
     up = await upstream_factory()
     text = gateway_yaml(
-        {"gemini": f"url: {up.url}\nkind: gemini\nset_headers: {{x-goog-api-key: '${{GEMINI_API_KEY}}'}}"}
-    ).replace("port: 0}}", "port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}", 1)
+        {"gemini": f"url: {up.url}\nkind: gemini\nset_headers: {{x-goog-api-key: '${{GEMINI_API_KEY}}'}}"},
+        admin_token=TOKEN_FROM_ENV,
+    )
     env = {"GEMINI_API_KEY": CANARIES["set_header"], "GATEWAY_ADMIN_TOKEN": CANARIES["token"]}
     gw = gateway_process(text, env)
     seen = []

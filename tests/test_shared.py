@@ -27,7 +27,7 @@ from gateway.outcomes import Outcome
 from gateway.ratelimit import GlobalRateLimiter, RateLimiter
 from gateway.redislink import RedisLink, StoreUnavailable
 
-from .conftest import RedisServer, Upstream, gateway_yaml
+from .support import FakeClock, RedisServer, Upstream, eventually, gateway_yaml, sample, scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,15 +90,6 @@ async def call(session: aiohttp.ClientSession, base: str, path: str, method: str
         return resp.status, await resp.text(), resp.headers
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 # ---------------------------------------------------------------- two processes, one Redis
 
 
@@ -141,7 +132,7 @@ async def test_failures_through_one_replica_open_the_others_breaker(pair):
         return states["flaky"] == "open"
 
     began = time.monotonic()
-    await wait_for(b_is_open, 1.0, "B's breaker opened after A's")
+    await eventually(b_is_open, 1.0, "B's breaker opened after A's", interval=0.05)
     assert time.monotonic() - began < 1.0
     status, body, headers = await call(session, b.url, "/flaky/x")
     assert (status, json.loads(body)["error"]["code"]) == (503, "breaker_open")
@@ -158,12 +149,8 @@ async def test_redis_killed_then_restarted_mid_run(pair):
         assert status == 200 and headers["x-gateway-cache"] in ("MISS", "HIT")
     statuses = [(await call(session, b.url, "/supabase/limited"))[0] for _ in range(15)]
     assert statuses.count(200) == 10 and statuses.count(429) == 5  # B's local bucket: burst 10
-    async with session.get(a.admin + "/metrics") as resp:
-        metrics = await resp.text()
-    errors = [
-        line for line in metrics.splitlines() if line.startswith('gateway_store_errors_total{op="get",store="redis"}')
-    ]
-    assert errors and float(errors[0].split()[-1]) >= 1
+    errors = sample(await scrape(session, a.admin), "gateway_store_errors_total", op="get", store="redis")
+    assert errors is not None and errors >= 1
     assert any("redis unavailable" in line for line in a.lines)
     async with session.get(a.admin + "/health") as resp:
         health = await resp.json()
@@ -176,7 +163,7 @@ async def test_redis_killed_then_restarted_mid_run(pair):
         await call(session, a.url, path)
         return (await call(session, b.url, path))[2]["x-gateway-cache"] == "HIT"
 
-    await wait_for(shared_again, 10.0, "a miss through A is a hit through B again")
+    await eventually(shared_again, 10.0, "a miss through A is a hit through B again", interval=0.05)
     assert any("redis is reachable again" in line for line in a.lines)
 
 
@@ -323,20 +310,20 @@ async def test_the_global_bucket_is_one_bucket_for_every_limiter(link):
 
 
 async def test_the_shared_probe_lease_admits_one_replicas_probes(link):
-    clock = [100.0]
+    clock = FakeClock(100.0)
     config = BreakerSpec.model_validate(
         {"failure_threshold": 1, "recovery": "1s", "half_open_requests": 1, "shared": True}
     )
-    now = lambda: clock[0]  # noqa: E731 - monotonic and wall clock move together here
-    breakers = [CircuitBreaker("up", "up", "-", config, clock=now, wall_clock=now) for _ in range(2)]
-    syncs = [BreakerSync(link, lambda b=b: [b], wall_clock=now) for b in breakers]
+    # the monotonic and the wall clock move together here
+    breakers = [CircuitBreaker("up", "up", "-", config, clock=clock, wall_clock=clock.wall) for _ in range(2)]
+    syncs = [BreakerSync(link, lambda b=b: [b], wall_clock=clock.wall) for b in breakers]
     for b, s in zip(breakers, syncs, strict=True):
         b.on_transition = s.noted
     breakers[0].acquire().record(Outcome("response", 503))  # replica 0 trips
     await syncs[0].sync_once()
     await syncs[1].sync_once()
     assert breakers[1].current == "open"  # replica 1 followed
-    clock[0] += 1.5  # recovery over on both
+    clock.advance(1.5)  # recovery over on both
     for s in syncs:
         await s.sync_once()
     gates = [b.probe_gate for b in breakers]

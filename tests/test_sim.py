@@ -34,7 +34,7 @@ from gateway_sim import (
     start_sim,
 )
 
-from .conftest import ROOT
+from .support import ROOT, FakeClock
 
 GRAPH_AUTH = {"Authorization": "Bearer EAAG-test"}
 GEMINI_KEY = {"x-goog-api-key": "test-key"}
@@ -42,14 +42,6 @@ SUPA = {"apikey": "anon-key"}
 SEND = {"messaging_product": "whatsapp", "to": "+33 6 00 00 00 01", "type": "text", "text": {"body": "hi"}}
 GENERATE = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
 FREE = dict.fromkeys(UPSTREAMS, 0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -331,7 +323,7 @@ async def test_rest_writes_change_what_reads_see(sims):
 
 
 async def test_outage_window_answers_errors_only_inside_it(sims):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     sim = await sims("upstreams: {supabase: {outages: [{start: 10s, duration: 5s, mode: 503}]}}", clock=clock)
     seen = []
     for t in (0.0, 9.9, 10.0, 12.0, 14.9, 15.0, 30.0):
@@ -348,7 +340,7 @@ async def test_outage_window_answers_errors_only_inside_it(sims):
 
 
 async def test_repeating_window_with_a_partial_rate(sims):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     text = "upstreams: {gemini: {outages: [{start: 1s, duration: 1s, every: 10s, mode: 503, rate: 50%}]}}"
     sim = await sims(text, clock=clock)
     path = "/v1beta/models/m:generateContent"
@@ -373,7 +365,7 @@ async def test_outage_window_on_the_real_clock(sims):
 
 
 async def test_reset_and_timeout_modes(sims):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     text = """
     upstreams:
       graph: {outages: [{start: 0s, duration: 10s, mode: reset}]}

@@ -25,21 +25,13 @@ from gateway.outcomes import api_error_code
 from gateway_sim import ROUTES, UPSTREAMS, Scenario, ScenarioError, load_scenario, parse_scenario, start_sim
 from gateway_sim.suite import DEFAULT_TAIL, DEFAULT_WARMUP, KINDS, LEAD, MAX_OUTAGE, delayed, generate, suite_seed
 
-from .conftest import ROOT
+from .support import ROOT, FakeClock, eventually
 
 SUPA = {"apikey": "anon-key", "Authorization": "Bearer u1"}
 GRAPH_AUTH = {"Authorization": "Bearer EAAG-test"}
 SEND = {"messaging_product": "whatsapp", "to": "+33 6 00 00 00 01", "type": "text", "text": {"body": "hi"}}
 FREE = dict.fromkeys(UPSTREAMS, 0)
 SEEDS = range(0, 150)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def windows(scenario: Scenario) -> list[tuple[str, str | None, str, Any]]:
@@ -189,15 +181,8 @@ async def _get(session: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple
         return resp.status, resp.headers, await resp.read()
 
 
-async def _until(check, timeout: float = 2.0) -> None:
-    end = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < end, "the sim did not change its listener in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_refused_window_closes_the_listener_then_reopens_it(session):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     sim = await start_sim(
         parse_scenario("upstreams: {supabase: {outages: [{start: 10s, duration: 5s, mode: refused}]}}"),
         ports=FREE,
@@ -219,7 +204,7 @@ async def test_refused_window_closes_the_listener_then_reopens_it(session):
                     return False
                 return False
 
-            await _until(refused)
+            await eventually(refused, 2.0, "the sim did not change its listener in time")
             with pytest.raises(aiohttp.ClientConnectionError):  # the kept connection was dropped with the listener
                 await _get(kept, url, headers=SUPA)
         assert (await _get(session, sim.url("graph") + "/v21.0/5", headers=GRAPH_AUTH))[0] == 200  # others stay up
@@ -231,7 +216,7 @@ async def test_refused_window_closes_the_listener_then_reopens_it(session):
             except aiohttp.ClientConnectionError:
                 return False
 
-        await _until(back)
+        await eventually(back, 2.0, "the sim did not change its listener in time")
         _, _, body = await _get(session, sim.url("graph") + "/_sim/stats")
         windows_seen = json.loads(body)["outages"]
         assert windows_seen == [
@@ -250,7 +235,7 @@ async def test_refused_window_closes_the_listener_then_reopens_it(session):
 
 
 async def test_restarting_the_clock_reopens_a_refused_listener_at_once(session):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     text = "upstreams: {graph: {outages: [{start: 5s, duration: 10s, mode: refused}]}}"
     sim = await start_sim(parse_scenario(text), ports=FREE, clock=clock)
     try:
@@ -264,7 +249,7 @@ async def test_restarting_the_clock_reopens_a_refused_listener_at_once(session):
                 return True
             return False
 
-        await _until(refused)
+        await eventually(refused, 2.0, "the sim did not change its listener in time")
         async with session.post(sim.url("gemini") + "/_sim/reset?restart=1") as resp:
             assert resp.status == 200  # the control paths answer on every listener still open
         assert (await _get(session, url, headers=GRAPH_AUTH))[0] == 200  # reopened before the answer, no tick
@@ -276,7 +261,7 @@ async def test_restarting_the_clock_reopens_a_refused_listener_at_once(session):
 
 
 async def test_brownout_multiplies_latency_inside_its_window_only(session):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     text = "upstreams: {supabase: {latency: {fixed: 40ms}, brownouts: [{start: 10s, duration: 5s, factor: 10}]}}"
     sim = await start_sim(parse_scenario(text), ports=FREE, clock=clock)
     try:
@@ -294,7 +279,7 @@ async def test_brownout_multiplies_latency_inside_its_window_only(session):
 
 
 async def test_plain_answers_carry_no_api_code_and_keep_retry_after(session):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     text = """
     upstreams:
       supabase: {outages: [{start: 0s, duration: 10s, mode: 503, plain: true, retry_after: 2s}]}
@@ -330,7 +315,7 @@ def _first(predicate) -> Any:
 async def test_the_sim_applies_a_generated_outage_and_recovers_after_it(session):
     g, fault = _first(lambda f: f.upstream == "supabase" and f.kind == "outage" and f.detail == "503 PGRST000")
     others = [f for f in g.faults if f.upstream == "supabase" and f is not fault]
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     sim = await start_sim(g.scenario, ports=FREE, clock=clock)
     try:
         url = sim.url("supabase") + "/rest/v1/conversations?select=*"
@@ -353,7 +338,7 @@ async def test_the_sim_applies_a_generated_outage_and_recovers_after_it(session)
 
 async def test_the_sim_applies_generated_lost_answers_on_sends(session):
     g, fault = _first(lambda f: f.kind == "lost_answers" and f.detail.startswith(("40%", "45%", "50%")))
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     sim = await start_sim(g.scenario, ports=FREE, clock=clock)
     try:
         clock.now = fault.start + fault.duration / 2

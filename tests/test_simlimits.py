@@ -16,7 +16,7 @@ import pytest
 from gateway.outcomes import api_error_code, retry_after_seconds
 from gateway_sim import UPSTREAMS, parse_scenario, start_sim
 
-from .conftest import gateway_yaml
+from .support import FakeClock, gateway_yaml
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,17 +38,9 @@ upstreams:
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def sim() -> Any:
-    clock = Clock()
+    clock = FakeClock(0.0)
     made = await start_sim(parse_scenario(LIMITS), ports=FREE, clock=clock)
     made.test_clock = clock  # type: ignore[attr-defined]
     async with aiohttp.ClientSession() as session:

@@ -25,14 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 
-from .conftest import RunningGateway, WireUpstream, gateway_yaml
-
-GatewayFactory = Callable[[str], Awaitable[RunningGateway]]
+from .support import GatewayFactory, WireUpstream, gateway_yaml
 
 MARK = b"SMUGGLED"
 SMUGGLED = b"GET /api/SMUGGLED HTTP/1.1\r\nHost: a\r\n\r\n"

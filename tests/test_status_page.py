@@ -33,8 +33,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from .conftest import GatewayProcess, Upstream, gateway_yaml
-from .test_secret_audit import (
+from .support import TOKEN_FROM_ENV, GatewayProcess, Upstream, gateway_yaml, waiting
+from .support.secret_audit import (
     CANARIES,
     CLIENT_HEADERS,
     ENV,
@@ -124,14 +124,7 @@ async def open_page(browser: Browser, admin: str, **context_args: Any) -> tuple[
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "") -> Any:
     """Poll ``check`` until it returns something truthy (the page refreshes every 2 s)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.2)
+    return await waiting.eventually(check, timeout, what, interval=0.2)
 
 
 def field_of(page: Page, upstream: str, name: str, route: str | None = None) -> Any:
@@ -187,10 +180,8 @@ async def incident(tmp_path: Path) -> AsyncIterator[tuple[GatewayProcess, Switch
                     match: {{methods: [GET], path: "/items/{{id}}"}}
             """,
             "calm": f"url: {healthy.url}",
-        }
-    ).replace(
-        "admin: {listen: {host: 127.0.0.1, port: 0}}",
-        "admin: {listen: {host: 127.0.0.1, port: 0}, token: '${GATEWAY_ADMIN_TOKEN}'}",
+        },
+        admin_token=TOKEN_FROM_ENV,
     )
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
@@ -210,6 +201,7 @@ async def get(s: aiohttp.ClientSession, url: str, **headers: str) -> aiohttp.Cli
         return resp
 
 
+@pytest.mark.slow
 async def test_an_incident_as_the_page_shows_it(browser: Browser, incident: tuple[GatewayProcess, Switch]) -> None:
     gw, switch = incident
     page, rec = await open_page(browser, gw.admin, viewport={"width": 1366, "height": 900})

@@ -8,7 +8,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from .conftest import gateway_yaml
+from .support import gateway_yaml
 
 CHUNK = b"s" * (256 * 1024)
 

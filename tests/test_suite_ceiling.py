@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT
+from .support import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import fault_suite

@@ -2,17 +2,11 @@
 
 from gateway.window import SlidingCounts
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .support import FakeClock
 
 
 def test_counts_slide_out_after_the_window():
-    clock = Clock()
+    clock = FakeClock()
     counts = SlidingCounts(3, 2, clock)
     counts.add(1, 1)
     clock.now += 1
@@ -25,7 +19,7 @@ def test_counts_slide_out_after_the_window():
 
 
 def test_a_slot_reused_a_window_later_starts_from_zero():
-    clock = Clock()
+    clock = FakeClock()
     counts = SlidingCounts(2, 1, clock)
     counts.add(5)
     clock.now += 2  # same slot index, a new second
@@ -34,7 +28,7 @@ def test_a_slot_reused_a_window_later_starts_from_zero():
 
 
 def test_clear_and_fractional_windows():
-    clock = Clock()
+    clock = FakeClock()
     counts = SlidingCounts(0.5, 1, clock)  # rounds up to one slot
     counts.add(4)
     assert counts.totals() == [4]

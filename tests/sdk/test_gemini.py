@@ -10,7 +10,7 @@ import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from .conftest import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
+from .harness import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
 
 MODEL = "gemini-2.5-flash"
 # Google's canonical status for each gateway error (README, "The gateway's own answers, per API").

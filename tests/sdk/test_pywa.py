@@ -12,7 +12,7 @@ from pywa.errors import RateLimitHit, ServiceUnavailable, WhatsAppError
 
 from gateway.answers import MAPPINGS
 
-from .conftest import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
+from .harness import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
 
 PHONE = "1234"
 TO = "15550001111"

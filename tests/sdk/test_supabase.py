@@ -14,7 +14,7 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
-from .conftest import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
+from .harness import BAD_TIMEOUT_HEADER, ERRORS, STATUS, TIGHT_BODY, Stack, provoke, recipe
 
 KEY = "anon-key"
 API_ERRORS = [e for e in ERRORS if e != "no_route"]  # no_route: a wrong base URL (measured separately)
@@ -78,6 +78,7 @@ def test_storage_upload_download_list(stack):
     assert (info.value.status, info.value.code) == ("409", "Duplicate")
 
 
+@pytest.mark.slow
 def test_a_client_timeout_above_total_gets_the_gateways_answer(stack, errors):
     """supabase-auth's own client gives up after 5 s; with the README's, the gateway's 504 arrives."""
     with stack.scenario(
