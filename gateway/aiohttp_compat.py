@@ -6,10 +6,11 @@ lingering), making a low-level ``web.Server`` build that handler, and opening a 
 client pool without a request or reading the ages of pooled connections (``TCPConnector``). The
 rest of the gateway subclasses what is here and uses only public names: ``HandlerBase`` for
 ``gateway.listener``'s connection handler, ``ServerBase`` for its server, ``WarmConnector`` for
-``gateway.pool``, and ``write_continue`` / ``answer_started`` for the proxy.
+``gateway.pool``, ``CoalescingResponse`` for the relay (headers sent with the first body bytes), and
+``write_continue`` / ``answer_started`` for the proxy.
 
-aiohttp is pinned below its next minor release in pyproject.toml (``>=3.11,<3.15``): these names
-are the same in 3.11–3.14. ``PRIVATE_NAMES`` lists each one; ``check()`` verifies that every one
+aiohttp is pinned below its next minor release in pyproject.toml (``>=3.12,<3.15``): these names
+are the same in 3.12–3.14. ``PRIVATE_NAMES`` lists each one; ``check()`` verifies that every one
 exists with the shape used here, and that no name the bases add hides one aiohttp added since;
 ``tests/test_aiohttp_compat.py`` runs it, so an aiohttp that moves one fails that test naming the
 attribute. Raising the pin means running that test first.
@@ -34,6 +35,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 __all__ = [
     "PRIVATE_NAMES",
+    "CoalescingResponse",
     "HandlerBase",
     "PrivateName",
     "ServerBase",
@@ -48,6 +50,14 @@ Queued = tuple[RawRequestMessage | _ErrInfo, StreamReader]
 
 
 # --------------------------------------------------------------------------- the server side
+
+
+class CoalescingResponse(web.StreamResponse):
+    """A streamed answer whose headers wait for its first body bytes (``gateway.coalesce``)."""
+
+    # ``_send_headers_immediately`` (StreamResponse class attribute, 3.12+): ``prepare()`` sends the
+    # headers at once when True; ``web.Response`` sets it False so headers leave with the body.
+    _send_headers_immediately = False
 
 
 class HandlerBase(RequestHandler):
@@ -206,6 +216,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     PrivateName("TCPConnector", "_acquired", "a set"),
     PrivateName("TCPConnector", "_create_connection", "a coroutine function (req, traces, timeout)"),
     PrivateName("TCPConnector", "_release", "a function (key, protocol, ...)"),
+    PrivateName("web.StreamResponse", "_send_headers_immediately", "a bool class attribute prepare() reads"),
 )
 
 
@@ -279,6 +290,10 @@ async def check() -> list[str]:
         release is not None and _params(release)[:2] == ["key", "protocol"],
         "a function (key, protocol, ...)",
     )
+    immediately = getattr(web.StreamResponse, "_send_headers_immediately", None)
+    expect("web.StreamResponse", "_send_headers_immediately", isinstance(immediately, bool), "a bool")
+    for name in ("send_headers", "buffer_size"):  # public, but what coalescing relies on
+        expect("StreamWriter", name, hasattr(aiohttp.http_writer.StreamWriter, name), "there")
     clock = getattr(aiohttp.connector, "monotonic", time.monotonic)
     expect("aiohttp.connector", "monotonic", callable(clock), "a clock")
     await connector.close()

@@ -25,15 +25,14 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from .aiohttp_compat import CoalescingResponse
+
 __all__ = ["Answer", "unless_ready", "write"]
 
 _DRAIN_ABOVE = 0x10000  # aiohttp's StreamWriter.write: it awaits drain() once buffer_size passes this
 
 
-class Answer(web.StreamResponse):
-    """A streamed answer whose headers go out with its first body bytes (see ``unless_ready``)."""
-
-    _send_headers_immediately = False
+Answer = CoalescingResponse  # a streamed answer whose headers go out with its first body bytes (``unless_ready``)
 
 
 def unless_ready(request: web.BaseRequest, answer: aiohttp.ClientResponse, peeked: bytes) -> None:
