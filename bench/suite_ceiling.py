@@ -16,9 +16,10 @@ The ideal proxy (an upper bound: it is allowed everything a real proxy is not):
 - a read (GET) is also answered when an earlier request of the same cache key (route, user, account
   or media id: what ``vary`` separates) came at a moment the upstream could answer: a cache that never
   expires and serves stale on any error;
-- lost answers are the one fault no proxy can beat: Meta took the send, the answer never came, and a
-  resend would deliver twice. A send inside a ``lost_answers`` window counts as failed with the window's
-  rate (its expected share).
+- what fails after a send went out is the one fault no proxy can beat, because a resend could deliver
+  twice: answers lost after Meta took the send (``lost_answers``), connections reset or stalled by a
+  partial window, and the background's dropped connections. A send counts as failed with those rates
+  (their expected share) at the moment it goes out.
 
     python bench/suite_ceiling.py --seeds 1,3,5,7,9,11,13,15,17,19,111-120
     python bench/suite_ceiling.py --seeds 1-19 --wait 30 --compare /tmp/suite.json   # next to a measured run
@@ -43,7 +44,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 import fault_replay as fr  # noqa: E402
 import fault_suite as fs  # noqa: E402
 
-from gateway_sim.scenario import Outage, Scenario, parse_scenario  # noqa: E402
+from gateway_sim.scenario import Outage, parse_scenario  # noqa: E402
 
 STEP = 0.1  # the scenario windows' resolution
 GROUPS = {"reads": ("read",), "sends": ("send",), "reads+sends": ("read", "send"), "writes": ("write",)}
@@ -57,18 +58,21 @@ def shipped_waits() -> dict[str, float]:
     return {name: policies[name].default.timeouts.total for name in fr.SIM_UPSTREAMS}
 
 
-def _windows(scenario: Scenario, upstream: str, route: str) -> list[Outage]:
-    return list(scenario.effective(upstream, route).outages or ())
-
-
 def _able(windows: Sequence[Outage], t: float) -> bool:
     """No window of 100 % (other than lost answers) is active at ``t``."""
     return not any(o.rate >= 1.0 and o.when != "after_body" and o.active(t) for o in windows)
 
 
-def _lost(windows: Sequence[Outage], t: float) -> float:
-    """The share of sends at ``t`` that Meta takes and whose answer is lost."""
-    return max((o.rate for o in windows if o.when == "after_body" and o.active(t)), default=0.0)
+def _unsafe(windows: Sequence[Outage], background: float, t: float) -> float:
+    """The share of sends going out at ``t`` that fail after they were sent: answers lost after Meta
+    took them, resets and stalls of a partial window, the background's dropped connections."""
+    lost = max((o.rate for o in windows if o.when == "after_body" and o.active(t)), default=0.0)
+    partial = max(
+        (o.rate for o in windows if o.mode in ("reset", "timeout") and o.rate < 1.0 and o.when != "after_body"
+         and o.active(t)),
+        default=0.0,
+    )  # fmt: skip
+    return min(1.0, lost + partial + background)
 
 
 def _key(call: fr.Call) -> tuple[str, str, str]:
@@ -85,14 +89,18 @@ def member_ceiling(
     per_route: dict[str, list[float]] = {}
     for call in calls:
         route = fr.ROUTE_BY_NAME[call.route]
-        windows = _windows(scenario, route.upstream, route.sim_route)
+        behaviour = scenario.effective(route.upstream, route.sim_route)
+        windows = list(behaviour.outages or ())
         now = _able(windows, call.at)
         wait = waits.get(route.upstream, 0.0)
-        later = now or any(_able(windows, call.at + i * STEP) for i in range(1, int(wait / STEP) + 1))
+        sent = next(
+            (call.at + i * STEP for i in range(int(wait / STEP) + 1) if _able(windows, call.at + i * STEP)), None
+        )  # the first moment the upstream answers, within the wait
         key = _key(call)
-        ok = 1.0 if later or (call.method == "GET" and key in cached) else 0.0
-        if route.kind == "send" and ok:
-            ok -= _lost(windows, call.at)
+        ok = 1.0 if sent is not None or (call.method == "GET" and key in cached) else 0.0
+        if route.kind == "send" and sent is not None:
+            background = behaviour.resets.rate if behaviour.resets is not None else 0.0
+            ok -= _unsafe(windows, background, sent)
         if call.method == "GET" and now:
             cached.add(key)
         if call.at >= member.warmup:

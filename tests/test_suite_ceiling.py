@@ -63,3 +63,24 @@ def test_reads_of_a_key_fetched_before_are_served_and_lost_answers_are_never_won
             seen.add(key)
     assert cold["bot_profiles"]["ceiling"] == pytest.approx(expected / len(reads))
     assert cold["bot_profiles"]["ceiling"] > cold["conversation_update"]["ceiling"]
+
+
+def test_sends_lose_what_fails_after_they_went_out_and_reads_retry_it() -> None:
+    text = """
+name: ceiling-resets
+defaults:
+  resets: {rate: 1%, when: before_body}
+upstreams:
+  graph:
+    outages:
+      - {start: 20s, duration: 10s, mode: reset, rate: 30%}
+"""
+    member = fault_suite.Member("r", 1, text, warmup=10.0, run=40.0, faults=[])
+    weights = {"send_message": 1.0, "media_url": 1.0}
+    got = suite_ceiling.member_ceiling(member, 10.0, weights, dict.fromkeys(suite_ceiling.fr.SIM_UPSTREAMS, 0.0))
+    sends = [
+        c for c in suite_ceiling.fr.build_schedule(10.0, 40.0, weights, 1) if c.at >= 10.0 and c.route == "send_message"
+    ]
+    inside = sum(1 for c in sends if 20.0 <= c.at < 30.0)
+    assert got["send_message"]["ceiling"] == pytest.approx(1 - 0.01 - 0.3 * inside / len(sends))
+    assert got["media_url"]["ceiling"] == 1.0  # a GET is resent after a reset: nothing lost
