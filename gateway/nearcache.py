@@ -31,7 +31,9 @@ answered by then has not read from Redis for that long, and so no longer trusts 
 (above). So once the write's answer has left A, no replica answers the old entry from its near
 cache. The price is one more round trip per write, about a millisecond on a LAN, and a full
 ``HEARD_WITHIN`` when a subscribed replica cannot answer (an older gateway during a rolling
-upgrade: upgrade all replicas together, or accept a one-second write). If A's announcement itself
+upgrade: upgrade all replicas together, or accept a one-second write). When this replica has no
+subscription and ``PUBSUB NUMSUB`` counts none anywhere (pub/sub refused), no near cache can hold the
+entry and the write does not wait. If A's announcement itself
 fails (Redis answered the invalidation, then timed out), the other replicas' near caches may hold
 that upstream's entries until A's Redis link recovers and replays the invalidation
 (``FallbackStore``), which announces it again.
@@ -167,13 +169,17 @@ class NearStore(Store):
         waiting = self._barriers[token] = _Barrier()
         try:
             if not sub.subscribed:  # the answers come on the subscription: a moment for it to come up
+                if not await self._listeners():
+                    return  # no near cache anywhere (pub/sub refused, or no replica subscribed): no wait
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARD_WITHIN):
                         await sub.up.wait()
-            receivers = await self.remote.link.call(
-                "barrier", lambda r: r.publish(self.remote.channel, BARRIER + token)
+            receivers = int(
+                await self.remote.link.call("barrier", lambda r: r.publish(self.remote.channel, BARRIER + token))
             )
-            waiting.expected = int(receivers) if sub.subscribed else 1 << 30  # deaf: wait the limit out
+            if receivers == 0:
+                return
+            waiting.expected = receivers if sub.subscribed else 1 << 30  # deaf: wait the limit out
             if waiting.answers < waiting.expected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(HEARD_WITHIN):
@@ -182,6 +188,11 @@ class NearStore(Store):
             pass
         finally:
             del self._barriers[token]
+
+    async def _listeners(self) -> int:
+        """How many subscriptions (this replica's or others') listen on the channel now."""
+        found = await self.remote.link.call("barrier", lambda r: r.pubsub_numsub(self.remote.channel))
+        return sum(int(count) for _channel, count in found)
 
     def announced(self, message: bytes) -> None:
         """A message on the channel: a barrier (``?token``: answer it), an answer to one (``!token``),

@@ -231,3 +231,15 @@ async def test_a_replica_that_never_answers_costs_a_write_the_silence_limit_at_m
     began = time.monotonic()
     await a.mark_where("up", lambda _u, p: p == "/a")
     assert HEARD_WITHIN - 0.05 <= time.monotonic() - began < HEARD_WITHIN + 0.8
+
+
+async def test_with_no_subscription_anywhere_a_write_does_not_wait(redis_server: RedisServer) -> None:
+    lone = near_store(redis_server)
+    lone._subscriber.start = lambda: None  # type: ignore[method-assign]  # pub/sub refused (an ACL, a proxy)
+    try:
+        await lone.put("p", "k", entry(b"v1"))
+        began = time.monotonic()
+        await lone.mark_where("up", lambda _u, p: p == "/a")
+        assert time.monotonic() - began < 0.3  # nobody to wait for: no near cache can hold the entry
+    finally:
+        await lone.close()
