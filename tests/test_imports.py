@@ -118,6 +118,11 @@ def test_the_gateway_package_has_no_import_cycle():
     )
 
 
+def test_the_simulator_package_has_no_import_cycle():
+    found = cycles(import_graph(PACKAGE.parent / "gateway_sim"))
+    assert not found, "import cycles in gateway_sim/:\n" + "\n".join("  " + " → ".join(c) for c in found)
+
+
 def test_the_check_sees_every_kind_of_import(tmp_path):
     """The checker itself: a cycle closed by a TYPE_CHECKING import, one closed by an import inside a
     function, and one through ``from . import module`` are each found and named."""
