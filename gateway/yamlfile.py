@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from .units import shown
 
-__all__ = ["StrictLoader", "YamlError", "allowed_keys", "annotation_at", "clip", "key_path", "load"]
+__all__ = ["StrictLoader", "YamlError", "allowed_keys", "annotation_at", "clip", "key_path", "load", "load_mapping"]
 
 
 class YamlError(ValueError):
@@ -87,6 +87,16 @@ def load(text: str) -> Any:
         raise YamlError(_problem(exc, text)) from None
     except RecursionError:
         raise YamlError("invalid YAML: nested too deeply") from None
+
+
+def load_mapping(text: str) -> dict[Any, Any]:
+    """``load``, for a file whose top level is a mapping (an empty file is an empty one)."""
+    data = load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise YamlError(f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def _problem(exc: yaml.YAMLError, text: str) -> str:

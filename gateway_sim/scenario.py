@@ -344,13 +344,9 @@ def _describe(error: Any) -> str:
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     """Parse and validate scenario YAML. Raises ScenarioError listing every problem."""
     try:
-        data = yamlfile.load(text)
+        data = yamlfile.load_mapping(text)
     except yamlfile.YamlError as exc:
         raise ScenarioError(source, [exc.problem]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ScenarioError(source, [f"expected a mapping at the top level, got {type(data).__name__}"])
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:

@@ -143,13 +143,9 @@ def _unknown_key_hint(error: Any) -> str:
 def parse_config(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate gateway.yaml text. Raises ConfigError listing every problem."""
     try:
-        data = yamlfile.load(text)
+        data = yamlfile.load_mapping(text)
     except yamlfile.YamlError as exc:
         raise ConfigError(source, [exc.problem]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"expected a mapping at the top level, got {type(data).__name__}"])
     problems: list[str] = []
     environment = os.environ if env is None else env
     data = interpolate(data, environment, problems)

@@ -47,8 +47,11 @@ class Forward:
         quota = route.quota
         ticket = None if quota is None else await quota.admit(quota.key_of(call.params), upstream.name)
         call.meter = None if ticket is None else ticket.meter
-        wait = 0.0 if call.fallback else min(route.breaker.config.wait, call.deadline - time.monotonic())
-        permit = await admit(route.breaker, wait) if wait > 0 else route.breaker.acquire()  # before any queueing
+        breaker = route.breaker
+        if breaker.config.wait > 0 and not call.fallback:  # before any queueing
+            permit = await admit(breaker, min(breaker.config.wait, call.deadline - time.monotonic()))
+        else:
+            permit = breaker.acquire()
         upstream.inflight += 1
         m.child(m.inflight, upstream.name).inc()
         last: Attempt | None = None
