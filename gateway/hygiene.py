@@ -64,15 +64,15 @@ def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) 
     for index, segment in enumerate(segments[1:], start=1):
         if not segment and index != len(segments) - 1:
             raise BadRequest("the request path contains an empty segment ('//')")
-        if segment in _DOT_SEGMENTS or _ENCODED_DOT.sub(".", segment) in _DOT_SEGMENTS:
+        if segment in _DOT_SEGMENTS or ("%" in segment and _ENCODED_DOT.sub(".", segment) in _DOT_SEGMENTS):
             raise BadRequest("the request path contains a dot segment ('.' or '..')")
     if "content-length" in headers and "transfer-encoding" in headers:
         raise BadRequest("the request has both Content-Length and Transfer-Encoding")
     if len(headers.getall("content-length", ())) > 1:
         raise BadRequest("the request has more than one Content-Length")
-    for name, value in headers.items():
-        if _BAD_VALUE.search(value) or _BAD_VALUE.search(name):
-            raise BadRequest("a request header contains a control character")
+    # All names, then all values, searched at once; tab is allowed, so it joins them neutrally.
+    if _BAD_VALUE.search("\t".join(headers.values())) or _BAD_VALUE.search("\t".join(headers.keys())):
+        raise BadRequest("a request header contains a control character")
     return path
 
 
@@ -118,6 +118,9 @@ def screen_framing(headers: CIMultiDictProxy[str], underscores: str) -> CIMultiD
     return None
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _connection_named(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     """The header names listed in ``Connection`` (hop-by-hop by declaration), lower-cased."""
     named: set[str] = set()
@@ -132,7 +135,7 @@ def request_headers(
     set_headers: Mapping[str, str],
 ) -> CIMultiDict[str]:
     """The headers sent upstream: the client's, less hop-by-hop, plus the gateway's own."""
-    dropped = _connection_named(incoming)
+    dropped = _connection_named(incoming) if "connection" in incoming else _NONE
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
@@ -149,7 +152,7 @@ def request_headers(
 
 def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers the client receives: less hop-by-hop."""
-    dropped = _connection_named(incoming)
+    dropped = _connection_named(incoming) if "connection" in incoming else _NONE
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()

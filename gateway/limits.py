@@ -59,6 +59,14 @@ class Bulkhead:
         """An async context manager holding one slot for its body. Raises Overloaded on entry as ``acquire``."""
         return Slot(self, upstream)
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody queues for it, without waiting; True if taken
+        (then it needs one ``release``). ``acquire`` is the waiting form."""
+        if self._inflight < self.max_concurrent and not self._waiters:
+            self._inflight += 1
+            return True
+        return False
+
     async def acquire(self, upstream: str) -> None:
         """Take a slot, waiting in the queue when all are taken. Raises Overloaded (503) at once when
         the queue is full, or when ``queue_timeout`` passes first. Every successful call needs one

@@ -310,9 +310,7 @@ class HardenedHandler(HandlerBase):
             error = BadRequest("malformed HTTP request (request line, headers or framing)", status=status)
         else:
             error = GatewayError("internal error in the gateway", status=status)
-        event(
-            "request refused by the HTTP parser", logging.INFO, status=error.status, reason=type(exc).__name__
-        )
+        event("request refused by the HTTP parser", logging.INFO, status=error.status, reason=type(exc).__name__)
         response = error_response(error)
         response.force_close()
         return response

@@ -36,6 +36,7 @@ __all__ = [
     "CONTRACT_REDACT_QUERY",
     "DEFAULT_REDACT_QUERY",
     "access_log",
+    "access_logging",
     "configure",
     "log",
     "redact_data",
@@ -196,6 +197,11 @@ def configure(level: str = "info", fmt: str = "json", access: bool = True, redac
 def event(msg: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a lifecycle event with fields (never header values or secrets)."""
     log.log(level, msg, extra={"fields": fields})
+
+
+def access_logging() -> bool:
+    """Whether access-log lines are written (``log.access_log``): a caller skips building one when not."""
+    return not _access.disabled
 
 
 def access_log(fields: dict[str, Any]) -> None:

@@ -45,11 +45,9 @@ from .runtime import Runtime
 from .state import State
 
 if TYPE_CHECKING:
-
     from .breaker import CircuitBreaker
 
 __all__ = ["Gateway", "descriptor_budget"]
-
 
 
 # At start, the listeners bind once the upstream pools' preconnects finish, or after this long.
@@ -96,7 +94,7 @@ class Gateway:
         await self.state.runtime.start_pools(wait=PRECONNECT_WAIT)
         proxy = Proxy(self.state)
         server = HardenedServer(
-            self._counted(proxy.handle),
+            proxy.handle,
             lambda: self.state.runtime.config.server,
             self.metrics.connections,
             self.metrics.connections_closed,
@@ -158,19 +156,6 @@ class Gateway:
         await runner.setup()
         self._listeners.admin_runner = runner
         await web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port, reuse_address=True).start()
-
-    def _counted(self, handler: Any) -> Any:
-        state = self.state
-
-        async def counted(request: web.BaseRequest) -> web.StreamResponse:
-            state.inflight += 1
-            try:
-                response: web.StreamResponse = await handler(request)
-                return response
-            finally:
-                state.inflight -= 1
-
-        return counted
 
     @property
     def proxy_port(self) -> int:

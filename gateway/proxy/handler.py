@@ -24,7 +24,7 @@ from aiohttp import web
 from .. import answers
 from ..errors import ClientGone, Draining, GatewayError, MalformedBody
 from ..hygiene import check_request
-from ..logs import access_log, log, redact_query
+from ..logs import access_log, access_logging, log, redact_query
 from ..metrics import method_label
 from ..requestid import new_id
 from .body import RequestBody
@@ -56,8 +56,11 @@ class Proxy:
         self.cached = Cached(state.cache, state.metrics, self.forward)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Serve one request; never raises (every failure becomes an answer)."""
-        runtime = self.state.runtime  # this request keeps this policy to the end
+        """Serve one request; never raises (every failure becomes an answer). Counted in
+        ``State.inflight`` (what a drain waits for) until its answer is ready."""
+        state = self.state
+        state.inflight += 1
+        runtime = state.runtime  # this request keeps this policy to the end
         incoming_id = request.headers.get("x-request-id")
         rid = incoming_id if incoming_id and _REQUEST_ID.fullmatch(incoming_id) else new_id()
         path, _, query = request.raw_path.partition("?")
@@ -77,6 +80,8 @@ class Proxy:
         except Exception:  # a bug: answer 500, keep serving
             log.exception("unexpected error in the gateway", extra={"fields": {"request_id": rid}})
             response = self._refuse(GatewayError("internal error in the gateway"), ex)
+        finally:
+            state.inflight -= 1
         self._finish(ex)
         return response
 
@@ -91,15 +96,17 @@ class Proxy:
             request, policy.limits.max_request_body, policy.retry.max_replay_body, policy.timeouts.idle
         )
         call = routed.call(request, body, ex)
-        claim = await self.idempotent.claim(call, request.raw_path)  # idempotency
-        if claim is not None:
-            return await self.idempotent.serve(request, call, claim)
+        if routed.route.idempotency is not None:  # idempotency
+            claim = await self.idempotent.claim(call, request.raw_path)
+            if claim is not None:
+                return await self.idempotent.serve(request, call, claim)
         if policy.cache is not None:  # cache
             if request.method in _READS:
                 return await self.cached.serve(request, call, policy.cache)
             ex.cache = "BYPASS"
         async with self.forward.to_upstream(call) as attempt:  # fault → … → tries
-            await after_write(self.state.cache, call, attempt.response.status if attempt.response else None)
+            if call.upstream.caches:  # invalidate (only upstreams with a cached route are asked)
+                await after_write(self.state.cache, call, attempt.response.status if attempt.response else None)
             return await relay(request, call, attempt)  # relay
 
     # ------------------------------------------------------------------ answers and records
@@ -137,6 +144,8 @@ class Proxy:
             failed = ex.error if ex.error else (f"HTTP {ex.status}" if ex.status >= 500 else None)
             upstream.stats.record(headers_at - ex.start, failed)
         self.state.history.record(ex, headers_at - ex.start)
+        if not access_logging():
+            return
         access_log(
             {
                 "request_id": ex.request_id,

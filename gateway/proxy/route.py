@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Routed", "route"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
     """Where a request goes: its upstream, route, path as the upstream receives it, and deadline."""
 
