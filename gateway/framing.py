@@ -93,6 +93,12 @@ class WireFraming:
                 pos += 1
             if pos == len(data):
                 return pos
+            # The usual case, a whole head in one read: found without copying it into the buffer.
+            blank = data.find(b"\r\n\r\n", pos)
+            if blank >= 0:
+                self.heads += 1
+                self._begin_body(data[pos:blank])
+                return blank + 4
         searched = max(0, len(self._buf) - 3)
         self._buf += data[pos:]
         blank = self._buf.find(b"\r\n\r\n", searched)

@@ -31,6 +31,7 @@ __all__ = [
     "TIMEOUT",
     "Outcome",
     "OutcomeSet",
+    "answered",
     "api_error_code",
     "classify",
     "failure",
@@ -63,6 +64,20 @@ class Outcome:
     def label(self) -> str:
         """A bounded label for metrics: the failure kind, or the status class ('2xx'…)."""
         return self.kind if self.kind != "response" else f"{self.status // 100}xx"
+
+
+_ANSWERED: dict[int, Outcome] = {}
+
+
+def answered(status: int, code: str | None = None) -> Outcome:
+    """The outcome of an answer with ``status`` (and API ``code``). Outcomes are frozen, so the
+    common ones (no code) are made once per status and shared: a try builds none (issue 17)."""
+    if code is not None:
+        return Outcome("response", status, code)
+    found = _ANSWERED.get(status)
+    if found is None:
+        found = _ANSWERED[status] = Outcome("response", status)  # statuses are 3 digits: at most 900 kept
+    return found
 
 
 def classify(exc: BaseException, *, cut_by_total: bool = False) -> Outcome:

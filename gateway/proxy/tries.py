@@ -146,7 +146,7 @@ class Tries:
             retry_after = outcomes.retry_after_seconds(
                 kind, response.status, response.headers.get("retry-after"), peeked
             )
-        return Attempt(Outcome("response", response.status, code), response, peeked, retry_after, resent=sends.resent)
+        return Attempt(outcomes.answered(response.status, code), response, peeked, retry_after, resent=sends.resent)
 
 
 async def _peek(response: aiohttp.ClientResponse) -> bytes:
