@@ -84,12 +84,13 @@ def _digest_of(headers: Headers, name: str) -> bytes:
 
 def primary_key(upstream: str, path: str, query: str | None, vary: tuple[str, ...], headers: Headers) -> str:
     """The key of a GET (or HEAD) before the upstream's own Vary is known. Hex SHA-256."""
-    h = hashlib.sha256(b"GET\n")
-    h.update(upstream.encode() + b"\n" + path.encode("utf-8", "surrogatepass") + b"\n")
-    h.update(b"-" if query is None else b"?" + query.encode("utf-8", "surrogatepass"))
-    for name in vary:
-        h.update(b"\n" + name.encode() + b"=" + _digest_of(headers, name))
-    return h.hexdigest()
+    # One buffer hashed at once (the same bytes as fed piece by piece before: keys kept in a shared
+    # store stay valid across versions); a hit computes this on every request.
+    target = f"{path}\n-" if query is None else f"{path}\n?{query}"
+    raw = b"GET\n" + upstream.encode() + b"\n" + target.encode("utf-8", "surrogatepass")
+    if vary:
+        raw += b"".join(b"\n" + name.encode() + b"=" + _digest_of(headers, name) for name in vary)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def full_key(primary: str, vary: tuple[str, ...], headers: Headers) -> str:

@@ -150,10 +150,11 @@ def request_headers(
     return out
 
 
-def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers the client receives: less hop-by-hop."""
+def response_headers(incoming: CIMultiDictProxy[str], into: CIMultiDict[str] | None = None) -> CIMultiDict[str]:
+    """The upstream's response headers the client receives: less hop-by-hop; added to ``into``
+    (an answer's own, still empty, headers: one copy fewer) or to a new multidict."""
     dropped = _connection_named(incoming) if "connection" in incoming else _NONE
-    out: CIMultiDict[str] = CIMultiDict()
+    out: CIMultiDict[str] = CIMultiDict() if into is None else into
     for name, value in incoming.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in dropped or lower.startswith("proxy-"):

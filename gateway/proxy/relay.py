@@ -38,8 +38,8 @@ async def relay(request: web.BaseRequest, call: Call, attempt: Attempt) -> web.S
         raise outcomes.failure(attempt.outcome, call.upstream.name, ex.attempts, call.route.policy.timeouts.per_try)
     ex.source = "upstream"
     ex.status = answer.status
-    headers = stamp(response_headers(answer.headers), ex, ex.attempts)
-    response = coalesce.Answer(status=answer.status, reason=answer.reason, headers=headers)
+    response = coalesce.Answer(status=answer.status, reason=answer.reason)
+    stamp(response_headers(answer.headers, into=response.headers), ex, ex.attempts)
     idle = call.route.policy.timeouts.idle
     try:
         await response.prepare(request)
