@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .aiohttp_compat import RequestBase
+
 if TYPE_CHECKING:
     from aiohttp.connector import Connection
 
@@ -57,7 +59,7 @@ def counting() -> Sends:
     return sends
 
 
-class CountingRequest(aiohttp.ClientRequest):
+class CountingRequest(RequestBase):
     """aiohttp's request, counting each of its sends into the current try's ``Sends`` (if any)."""
 
     def send(self, conn: Connection) -> Coroutine[Any, Any, aiohttp.ClientResponse]:

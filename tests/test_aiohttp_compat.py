@@ -14,6 +14,9 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
+from multidict import CIMultiDict, istr
+from yarl import URL
 
 from gateway import aiohttp_compat
 
@@ -40,6 +43,45 @@ def test_the_check_names_the_attribute_a_new_aiohttp_removed(monkeypatch):
     assert any("RequestHandler._messages is not a deque" in p for p in problems), problems
     assert any("TCPConnector._release" in p for p in problems), problems
     assert all(f"aiohttp {aiohttp.__version__}" in p for p in problems)
+
+
+SKIP_SETS = [
+    None,
+    (),
+    ("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # the gateway's sessions (gateway.pool)
+    ("Accept",),
+    ("user-agent", "content-type"),
+]
+HEADER_SETS = [
+    {},
+    {"Accept": "application/json"},
+    {"User-Agent": "pywa/2", "Accept-Encoding": "br", "X-Other": "1"},
+    {"content-type": "text/plain", "ACCEPT": "text/*"},
+]
+
+
+@pytest.mark.parametrize("skip", SKIP_SETS)
+@pytest.mark.parametrize("given", HEADER_SETS)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_request_base_sends_the_headers_aiohttps_own_request_sends(skip, given, method):
+    """``RequestBase.update_auto_headers`` (no multidict built per request) ends with the same
+    headers, in the same order, and the same skip list as aiohttp's own, with a body or none."""
+
+    def build(cls):
+        session_skip = None if skip is None else frozenset(istr(name) for name in skip)
+        body = b"x" if method == "POST" else None
+        return cls(
+            method,
+            URL("http://upstream.test/p"),
+            headers=CIMultiDict(given),
+            skip_auto_headers=session_skip,
+            data=body,
+            loop=asyncio.get_running_loop(),
+        )
+
+    ours, theirs = build(aiohttp_compat.RequestBase), build(aiohttp.ClientRequest)
+    assert list(ours.headers.items()) == list(theirs.headers.items())
+    assert list(ours.skip_auto_headers) == list(theirs.skip_auto_headers)
 
 
 def _private_uses(path: Path) -> set[str]:
