@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway import cache as cachemod
 from gateway.cache import ResponseCache, asked, cache_control, full_key, make_entry, primary_key, verdict
 from gateway.cachestore import Entry, MemoryStore
 from gateway.config import CacheSpec
@@ -219,3 +222,17 @@ async def test_the_response_cache_treats_a_broken_store_as_a_miss() -> None:
     assert await cache.lookup("k", h()) is None
     assert seen == [("memory", "get")]
     assert cache.snapshot()["store_errors"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    upstream=st.sampled_from(["a", "graph", "supabase"]),
+    path=st.text(alphabet="/ab%2é.", min_size=1, max_size=300),
+    query=st.none() | st.text(alphabet="a=&%é?", max_size=40),
+)
+def test_remembered_keys_are_the_keys(upstream: str, path: str, query: str | None) -> None:
+    """Keys without ``vary`` are remembered per target (a hit computes one on every request): the
+    remembered key is the computed one, the first time and after, long targets included."""
+    computed = cachemod._key(upstream, path, query, (), h())
+    assert primary_key(upstream, path, query, (), h()) == computed
+    assert primary_key(upstream, path, query, (), h()) == computed

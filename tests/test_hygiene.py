@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway import hygiene
+from gateway.errors import BadRequest
+from gateway.hygiene import check_request
 
 from .support import gateway_yaml, raw_request
 
@@ -52,3 +59,45 @@ async def test_refusals_made_by_the_gateway_use_the_contract_shape(upstream_fact
     answer = await raw_request(gw.gateway.proxy_port, b"GET /api/a/%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n")
     assert b"x-gateway-error: bad_request" in answer
     assert b'"code":"bad_request"' in answer
+
+
+_TARGET_PARTS = ["/", "a", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "#", "?", "x=1", "//"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(_TARGET_PARTS), min_size=1, max_size=12),
+    pad=st.sampled_from([0, 300]),
+)
+def test_remembered_paths_keep_their_verdict(parts: list[str], pad: int) -> None:
+    """The checks of a path are remembered (a backend asks for the same paths again and again):
+    asked again, a target gets the same verdict, the same as with nothing remembered, long paths
+    (checked afresh) included; a refusal is never remembered as an acceptance."""
+    target = "/" + "p" * pad + "".join(parts)
+    headers = CIMultiDictProxy(CIMultiDict({"Host": "a"}))
+
+    def verdict() -> str:
+        try:
+            return "ok " + check_request("GET", target, headers)
+        except BadRequest as exc:
+            return "refused " + exc.message
+
+    first = verdict()
+    assert first.startswith("refused") == _refused(target), first
+    assert verdict() == first
+    hygiene._checked_path.cache_clear()
+    assert verdict() == first
+
+
+def _refused(target: str) -> bool:
+    """The contract's target rules, written out independently of ``gateway.hygiene``."""
+    if not target.startswith("/") or target.startswith("//") or "#" in target:
+        return True
+    path = target.split("?", 1)[0]
+    lowered = path.lower()
+    if "\\" in path or "%2f" in lowered or "%5c" in lowered:
+        return True
+    segments = path.split("/")[1:]
+    if any(not segment for segment in segments[:-1]):
+        return True
+    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in segments)

@@ -188,3 +188,36 @@ def test_unmatched_path_uses_the_upstream_with_no_route():
 def test_trailing_slash_in_a_prefix_is_ignored():
     m = _router(("/graph/", "graph", [])).match("GET", "/graph/x")
     assert m is not None and (m.upstream, m.path) == ("graph", "/x")
+
+
+def test_remembered_matches_are_the_matches() -> None:
+    """A router remembers the matches of the paths it was asked for: asked again, in any order,
+    with any method, it answers what it answered the first time; long paths are matched afresh."""
+    router = Router(
+        [
+            ("/api", "api", [(frozenset({"GET"}), PathPattern.compile("/items/{id}"), "get-item")]),
+            ("/api/graph", "graph", [(frozenset({"POST"}), PathPattern.compile("/{v}/messages"), "send")]),
+        ]
+    )
+    long_id = "x" * 400
+    asks = [
+        ("GET", "/api/items/7"),
+        ("HEAD", "/api/items/7"),
+        ("POST", "/api/items/7"),
+        ("POST", "/api/graph/v21.0/messages"),
+        ("GET", "/api/graph/v21.0/messages"),
+        ("GET", "/other"),
+        ("GET", f"/api/items/{long_id}"),
+    ]
+    first = [router.match(method, path) for method, path in asks]
+    assert [(m.upstream, m.route, m.params) if m else None for m in first] == [
+        ("api", "get-item", {"id": "7"}),
+        ("api", "get-item", {"id": "7"}),
+        ("api", None, {}),
+        ("graph", "send", {"v": "v21.0"}),
+        ("graph", None, {}),
+        None,
+        ("api", "get-item", {"id": long_id}),
+    ]
+    for method, path in reversed(asks):
+        assert router.match(method, path) == first[asks.index((method, path))]

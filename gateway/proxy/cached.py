@@ -249,13 +249,16 @@ class Cached:
         ex = call.ex
         ex.cache, ex.source, ex.status = label, "cache", entry.status
         self._counted(call, label.lower())
-        headers = stamp(CIMultiDict(entry.headers), ex, 0)
+        response = web.Response(status=entry.status, reason=entry.reason or None, body=entry.body)
+        headers = response.headers  # filled in place: the entry's headers are copied once
+        headers.extend(entry.headers)
+        stamp(headers, ex, 0)
         headers["Age"] = str(int(entry.age(self.cache.clock())))
         if entry.invalidated:
             headers["x-gateway-stale"] = "invalidated"
-        return web.Response(status=entry.status, reason=entry.reason or None, headers=headers, body=entry.body)
+        return response
 
     def _counted(self, call: Call, result: str) -> None:
         self.cache.count(call.upstream.name, result)
         m = self.metrics
-        m.child(m.cache_requests, call.upstream.name, call.route.policy.name, result).inc()
+        m.cache_requests.labels(call.upstream.name, call.route.policy.name, result).inc()
