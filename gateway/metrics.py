@@ -166,9 +166,10 @@ class Metrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, … (Linux /proc)
 
     def child(self, metric: Any, *values: str) -> Any:
-        """``metric.labels(*values)``, memoised: the request path asks for the same few children
-        on every request, and ``labels()`` costs a lock and a dict build each time. Label values
-        are configured names and bounded sets, so the memo is bounded too."""
+        """``metric.labels(*values)``, memoised, for prometheus-client's own metrics: their
+        ``labels()`` costs a lock and a dict build each time. Label values are configured names
+        and bounded sets, so the memo is bounded too. (A ``_Family``'s ``labels()`` is already one
+        dict lookup: the request path calls it directly.)"""
         key = (id(metric), values)
         found = self._children.get(key)
         if found is None:

@@ -77,7 +77,7 @@ class Passage:
         self._permit, self._ticket = permit, ticket
         m = self._forward.metrics
         upstream.inflight += 1
-        m.child(m.inflight, upstream.name).inc()
+        m.inflight.labels(upstream.name).inc()
         try:
             bulkhead = upstream.bulkhead
             if not bulkhead.try_acquire():
@@ -103,7 +103,7 @@ class Passage:
         self._permit.release()  # a no-op once the try recorded its outcome
         upstream.inflight -= 1
         m = self._forward.metrics
-        m.child(m.inflight, upstream.name).dec()
+        m.inflight.labels(upstream.name).dec()
         ticket = self._ticket
         if ticket is not None:
             status = last.response.status if last is not None and last.response is not None else None

@@ -137,8 +137,8 @@ class Proxy:
         now = time.monotonic()
         headers_at = ex.headers_sent_at or now
         m = self.metrics
-        m.child(m.requests, ex.upstream, ex.route, method_label(ex.method), str(ex.status), ex.source).inc()
-        m.child(m.duration, ex.upstream, ex.route).observe(headers_at - ex.start)
+        m.requests.labels(ex.upstream, ex.route, method_label(ex.method), str(ex.status), ex.source).inc()
+        m.duration.labels(ex.upstream, ex.route).observe(headers_at - ex.start)
         upstream = ex.runtime.upstreams.get(ex.upstream)  # the request's own policy, even after a reload
         if upstream is not None:
             failed = ex.error if ex.error else (f"HTTP {ex.status}" if ex.status >= 500 else None)

@@ -73,9 +73,9 @@ class Tries:
             attempt = await self.once(call, url)
             if attempt.resent:  # aiohttp's own resend on a stale pooled connection: a real try, counted
                 ex.attempts += attempt.resent
-                m.child(m.tries, *labels, outcomes.RESET).inc(attempt.resent)
-                m.child(m.retries, *labels, "stale-connection").inc(attempt.resent)
-            m.child(m.tries, *labels, attempt.outcome.label).inc()
+                m.tries.labels(*labels, outcomes.RESET).inc(attempt.resent)
+                m.retries.labels(*labels, "stale-connection").inc(attempt.resent)
+            m.tries.labels(*labels, attempt.outcome.label).inc()
             if body.failure is not None:  # the client's fault, not the upstream's: no sample
                 permit.release()
                 attempt.discard()
