@@ -114,14 +114,17 @@ class WireFraming:
         return consumed
 
     def _begin_body(self, head: bytes) -> None:
-        chunked, length = False, None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                chunked = True
-            elif lower == b"content-length":
-                length = value.strip(b" \t")
+        # The framing header lines, found in the lowered head (C speed: this runs per request): a
+        # line is a name only where CRLF precedes it (the request line never is), and the name
+        # must end at its colon. The last Content-Length counts, as the parser would see it.
+        lowered = head.lower()
+        chunked = b"\r\ntransfer-encoding:" in lowered
+        length = None
+        at = lowered.rfind(b"\r\ncontent-length:")
+        if at >= 0:
+            start = at + len(b"\r\ncontent-length:")
+            end = head.find(b"\r\n", start)
+            length = head[start : end if end >= 0 else len(head)].strip(b" \t")
         self.overhead = 0
         if chunked:
             self._state = _CHUNK_LINE

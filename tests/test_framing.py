@@ -19,6 +19,8 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.framing import ChunkLineTooLong, WireFraming
 from gateway.hygiene import lookalike
@@ -307,3 +309,51 @@ async def test_other_underscore_headers_follow_the_setting(gateway_factory: Gate
         assert ("x_trace" in headers) == (outcome == "forwarded")
     finally:
         await up.close()
+
+
+def _framing_by_lines(head: bytes) -> tuple[bool, bytes | None]:
+    """The framing headers of a head read line by line (how ``_begin_body`` read them before it
+    searched the lowered head): the oracle for the faster search."""
+    chunked, length = False, None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding":
+            chunked = True
+        elif name.lower() == b"content-length":
+            length = value.strip(b" \t")
+    return chunked, length
+
+
+_NAMES = [b"Host", b"Content-Length", b"content-length", b"CONTENT-length", b"Transfer-Encoding", b"transfer-encoding "]
+_NAMES += [b"X-Content-Length", b"Transfer_Encoding", b"Content-Length\n", b"\nContent-Length", b"a"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(_NAMES),
+            st.sampled_from([b":", b": ", b" :"]),
+            st.sampled_from([b" 5", b"5", b"\t12 ", b"", b" chunked", b"x:y", b" 0", b"1\n2", b" 07"]),
+        ),
+        max_size=6,
+    )
+)
+def test_framing_headers_are_found_as_line_by_line(lines: list[tuple[bytes, bytes, bytes]]) -> None:
+    head = b"\r\n".join([b"POST /x HTTP/1.1", *(name + colon + value for name, colon, value in lines)])
+    chunked, length = _framing_by_lines(head)
+    framing = WireFraming(100, 10_000)
+    framing.feed(head + b"\r\n\r\n")
+    if chunked:
+        assert framing.following and framing.overhead == 0
+        framing.feed(b"3\r\nabc\r\n")  # a chunk is followed: its size line counts as framing
+        assert framing.overhead == len(b"3\r\n\r\n")
+    elif length is None or length == b"0" or (length.isdigit() and int(length) == 0):
+        assert framing.following
+        framing.feed(b"GET /next HTTP/1.1\r\n\r\n")
+        assert framing.heads == 2  # no body: the next bytes are the next head
+    elif length.isdigit():
+        framing.feed(b"x" * int(length) + b"GET /next HTTP/1.1\r\n\r\n")
+        assert framing.heads == 2 and framing.overhead == 0
+    else:
+        assert not framing.following  # a Content-Length that is not a number: the parser's to refuse
