@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from cachetools import TTLCache
 from multidict import CIMultiDict
 
+from . import memo
 from .cachestore import Entry, PathFilter, Store
 from .config import CacheSpec
 from .errors import GatewayError
@@ -85,7 +85,7 @@ def _digest_of(headers: Headers, name: str) -> bytes:
 
 def primary_key(upstream: str, path: str, query: str | None, vary: tuple[str, ...], headers: Headers) -> str:
     """The key of a GET (or HEAD) before the upstream's own Vary is known. Hex SHA-256."""
-    if not vary and len(path) + len(query or "") <= _MEMO_TARGET:
+    if not vary and len(path) + len(query or "") <= memo.LONGEST:
         return _target_key(upstream, path, query)
     return _key(upstream, path, query, vary, headers)
 
@@ -100,14 +100,10 @@ def _key(upstream: str, path: str, query: str | None, vary: tuple[str, ...], hea
     return hashlib.sha256(raw).hexdigest()
 
 
-# A hit computes its key on every request, and most cached routes have no ``vary``: their keys are
-# a function of upstream and target alone, and the last ones computed are remembered. Targets up to
-# _MEMO_TARGET characters only, so the memo stays under ~0.6 MiB.
-_MEMO_TARGET = 256
-
-
-@functools.lru_cache(maxsize=1024)
+@memo.remembered
 def _target_key(upstream: str, path: str, query: str | None) -> str:
+    """The key of a route without ``vary``: upstream and target alone (a hit computes it on every
+    request, so it is remembered: gateway.memo)."""
     return _key(upstream, path, query, (), {})
 
 

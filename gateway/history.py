@@ -143,7 +143,7 @@ class Series:
 
     def add(self, bucket: int, seconds: float, is_error: bool, cache: str | None, throttled: bool) -> None:
         """Count one answer of ``seconds`` in ``bucket``."""
-        base = (bucket % self.buckets) * WIDTH if bucket == self.last else self._row(bucket)
+        base = self._row(bucket)
         c = self._counts
         c[base + REQUESTS] += 1
         c[base + _HIST + latency_bin(seconds)] += 1
@@ -247,10 +247,8 @@ class History:
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = Series(self.buckets)
-        error = answer.error
-        is_error = error is not None or answer.status >= 500  # failed(), inlined: this runs per request
-        bucket = math.floor(self.clock() / self.bucket_seconds)  # bucket(), likewise
-        series.add(bucket, seconds, is_error, answer.cache, error is not None and error in _THROTTLE_CODES)
+        is_error = failed(answer.status, answer.error)
+        series.add(self.bucket(), seconds, is_error, answer.cache, answer.error in _THROTTLE_CODES)
         if is_error:
             self.errors.append(
                 {

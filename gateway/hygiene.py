@@ -15,13 +15,13 @@ name that case-folds to one) never being forwarded.
 
 from __future__ import annotations
 
-import functools
 import re
 import unicodedata
 from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import memo
 from .errors import BadRequest
 
 __all__ = [
@@ -57,7 +57,7 @@ def check_request(method: str, raw_target: str, headers: CIMultiDictProxy[str]) 
     if "#" in raw_target:  # a fragment is never sent to a server; forwarded, the query would lose its tail
         raise BadRequest("the request target contains '#'")
     path, _, _ = raw_target.partition("?")
-    if len(path) <= _MEMO_PATH:
+    if len(path) <= memo.LONGEST:
         _checked_path(path)
     else:
         _check_path(path)
@@ -86,11 +86,7 @@ def _check_path(path: str) -> None:
             raise BadRequest("the request path contains a dot segment ('.' or '..')")
 
 
-# A path's verdict depends on the path alone, and a backend asks for the same few paths again and
-# again (a cache hit always does): the last paths accepted are remembered (a refusal raises, so it
-# is never kept). Only paths up to _MEMO_PATH characters, so the memo stays under ~0.5 MiB.
-_MEMO_PATH = 256
-_checked_path = functools.lru_cache(maxsize=1024)(_check_path)
+_checked_path = memo.remembered(_check_path)  # a path's verdict depends on the path alone (gateway.memo)
 
 
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})

@@ -226,10 +226,10 @@ class HardenedHandler(HandlerBase):
                 if kept is not None:  # dropped headers: the request reads as if they were never sent
                     raw = tuple((k, v) for k, v in message.raw_headers if k.decode("utf-8", "surrogateescape") in kept)
                     message = message._replace(headers=kept, raw_headers=raw)
-                    self.queued[index] = (message, payload)
                 if message.upgrade:  # never switched: answered as plain HTTP, then the connection closes
                     message = message._replace(should_close=True)
                     self._switch_asked = True
+                if message is not entry:  # changed: the handler must get this one
                     self.queued[index] = (message, payload)
         self._last_payload = payload
         self._unanswered += 1

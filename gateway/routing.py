@@ -9,12 +9,12 @@ path, so what a route captures is exactly what the upstream will receive.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from . import memo
 from .errors import PatternError
 
 __all__ = ["Match", "PathPattern", "PatternError", "Router"]
@@ -115,7 +115,6 @@ class PathPattern:
 
 T = TypeVar("T")
 R = TypeVar("R")
-_MEMO_PATH = 256  # longer paths are routed afresh each time (see Router.__init__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +141,13 @@ class Router(Generic[T, R]):
         entries = [(prefix.rstrip("/"), up, tuple(routes)) for prefix, up, routes in upstreams]
         # Longest prefix first, so '/api/graph' wins over '/api'.
         self._entries = sorted(entries, key=lambda e: len(e[0]), reverse=True)
-        # A router never changes (a reload builds another): the matches of the last (method, path)
-        # pairs asked are remembered, since a backend asks for the same few paths again and again.
-        # Paths up to _MEMO_PATH characters only, so the memo stays under ~0.5 MiB.
-        self._memo = functools.lru_cache(maxsize=1024)(self._match)
+        # A router never changes (a reload builds another): matches are remembered (gateway.memo).
+        self._memo = memo.remembered(self._match)
 
     def match(self, method: str, raw_path: str) -> Match[T, R] | None:
         """Route ``raw_path`` (path only, still percent-encoded). None: no prefix matched.
         The Match may be shared with earlier calls: read it, never change it."""
-        if len(raw_path) <= _MEMO_PATH:
+        if len(raw_path) <= memo.LONGEST:
             return self._memo(method, raw_path)
         return self._match(method, raw_path)
 

@@ -67,7 +67,7 @@ class MinuteWindow:
         """Count one request of ``seconds``; ``error`` names its failure (None: it succeeded)."""
         index = self._slot()
         self._count[index] += 1
-        self._hist[index][bisect.bisect_left(_BOUNDS, seconds)] += 1  # latency_bin(), inlined
+        self._hist[index][latency_bin(seconds)] += 1
         if error is not None:
             self._errors[index] += 1
             self.last_error = error
